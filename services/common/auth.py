@@ -1,0 +1,138 @@
+"""Who is calling: a consortium-signed token (JWT, ES256) in the `authorization` metadata.
+
+The caller's institution and role come from the token only, never from a request
+body. Verification keys come from configuration (AUTH_JWT_PUBLIC_KEYS, one or more PEM
+public keys); on one machine a development key pair is made under the data folder.
+"""
+from __future__ import annotations
+
+import contextvars
+import enum
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from services.common.errors import PermissionDenied, Unauthenticated
+
+ALGORITHM = "ES256"
+
+
+class Role(str, enum.Enum):
+    CLINIC_DOCTOR = "clinic_doctor"
+    REFERRAL_DESK = "referral_desk"
+    BED_MANAGER = "bed_manager"
+    CONSORTIUM_OFFICE = "consortium_office"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True)
+class Caller:
+    subject: str
+    institution_id: str
+    role: Role
+    consortium_id: str = ""
+
+    def require(self, *roles: Role) -> None:
+        if self.role not in roles:
+            raise PermissionDenied(f"role {self.role.value} may not call this method",
+                                   reason="ROLE_NOT_ALLOWED")
+
+
+_current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
+
+
+def current_caller() -> Caller:
+    caller = _current.get()
+    if caller is None:
+        raise Unauthenticated("no authenticated caller", reason="UNAUTHENTICATED")
+    return caller
+
+
+def set_caller(caller: Caller | None) -> contextvars.Token:
+    return _current.set(caller)
+
+
+def reset_caller(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", re.S)
+
+
+class TokenVerifier:
+    def __init__(self, public_keys_pem: str, *, issuer: str, audience: str, leeway: float = 30.0):
+        blocks = _PEM_BLOCK.findall(public_keys_pem)
+        if not blocks:
+            raise ValueError("AUTH_JWT_PUBLIC_KEYS holds no PEM public key")
+        self._keys = [serialization.load_pem_public_key(b.encode()) for b in blocks]
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    def verify(self, token: str) -> Caller:
+        last_error: Exception | None = None
+        for key in self._keys:
+            try:
+                claims = jwt.decode(
+                    token, key, algorithms=[ALGORITHM], issuer=self._issuer, audience=self._audience,
+                    leeway=self._leeway, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+            except jwt.InvalidSignatureError as exc:
+                last_error = exc
+                continue
+            except jwt.PyJWTError as exc:
+                raise Unauthenticated(f"token rejected: {exc}", reason="BAD_TOKEN") from exc
+            try:
+                role = Role(claims.get("role", ""))
+            except ValueError as exc:
+                raise Unauthenticated("token names no known role", reason="BAD_TOKEN") from exc
+            institution = str(claims.get("inst", ""))
+            if not institution:
+                raise Unauthenticated("token names no institution", reason="BAD_TOKEN")
+            return Caller(subject=str(claims["sub"]), institution_id=institution, role=role,
+                          consortium_id=str(claims.get("cons", "")))
+        raise Unauthenticated(f"token rejected: {last_error}", reason="BAD_TOKEN")
+
+    def verify_metadata(self, metadata: dict[str, str]) -> Caller:
+        header = metadata.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            raise Unauthenticated("missing bearer token", reason="NO_TOKEN")
+        return self.verify(header[7:].strip())
+
+
+@dataclass(frozen=True)
+class DevKeys:
+    private_pem: str
+    public_pem: str
+
+
+def dev_keys(data_dir: Path) -> DevKeys:
+    """A development key pair under the data folder, made once and reused."""
+    folder = data_dir / "auth"
+    private_path, public_path = folder / "jwt-private.pem", folder / "jwt-public.pem"
+    if not private_path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        private_path.write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        private_path.chmod(0o600)
+        public_path.write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return DevKeys(private_path.read_text(), public_path.read_text())
+
+
+def issue_token(private_pem: str, *, institution_id: str, role: Role | str, subject: str = "",
+                issuer: str = "consortium-dev", audience: str = "consortium-api",
+                ttl_seconds: int = 3600, consortium_id: str = "") -> str:
+    now = int(time.time())
+    claims = {"sub": subject or f"{institution_id}:{uuid.uuid4().hex[:8]}", "inst": institution_id,
+              "role": Role(role).value, "iss": issuer, "aud": audience, "iat": now,
+              "exp": now + ttl_seconds, "jti": uuid.uuid4().hex}
+    if consortium_id:
+        claims["cons"] = consortium_id
+    return jwt.encode(claims, private_pem, algorithm=ALGORITHM)

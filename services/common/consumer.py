@@ -1,0 +1,179 @@
+"""Durable JetStream pull consumers with an inbox: every effect happens once.
+
+For each message the handler runs in a transaction that also inserts
+(consumer, event_id) into the inbox; a redelivered event finds its row and changes
+nothing. A handler that keeps failing is retried with growing delays (nak with delay)
+and, after a bounded number of deliveries, stored in dead_letters and terminated.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+import nats
+from google.protobuf.message import DecodeError, Message
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter
+
+from common.v1 import event_pb2
+from services.common import messaging
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+CONSUMED = Counter("events_consumed_total", "Events handled, by outcome.", ("consumer", "outcome"))
+
+Handler = Callable[[asyncpg.Connection, event_pb2.EventEnvelope, Message], Awaitable[None]]
+
+
+class PermanentError(Exception):
+    """The event can never be handled; retrying is pointless."""
+
+
+@dataclass
+class Subscription:
+    """What one durable consumer listens to and how it handles each event type."""
+    durable: str
+    stream: str
+    filter_subjects: list[str]
+    handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
+
+    def on(self, message_type: type[Message], handler: Handler) -> "Subscription":
+        self.handlers[message_type.DESCRIPTOR.full_name] = (message_type, handler)
+        return self
+
+
+class EventConsumer:
+    def __init__(self, broker: messaging.Broker, pool: asyncpg.Pool, subscription: Subscription, *,
+                 max_deliver: int = 5, ack_wait: float = 30.0, batch: int = 50,
+                 fetch_timeout: float = 1.0, retry_base_delay: float = 0.5) -> None:
+        self._broker = broker
+        self._pool = pool
+        self.sub = subscription
+        self._max_deliver = max_deliver
+        self._ack_wait = ack_wait
+        self._batch = batch
+        self._fetch_timeout = fetch_timeout
+        self._retry_base = retry_base_delay
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.processed = 0
+
+    def _config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.sub.durable, deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=self._ack_wait,
+            # The server's own bound is a backstop for a process that dies on a message
+            # before it can record it; ours (lower) dead-letters it properly.
+            max_deliver=self._max_deliver + 2, max_ack_pending=1000,
+            filter_subjects=self.sub.filter_subjects)
+
+    async def _bind(self):
+        # The producer may not have started yet; the stream is declared the same by all.
+        owner = {name: service for service, name in messaging.STREAMS.items()}.get(self.sub.stream)
+        if owner:
+            await self._broker.ensure_stream(owner, self._broker.stream_replicas)
+        await self._broker.js.add_consumer(self.sub.stream, self._config())
+        return await self._broker.js.pull_subscribe_bind(self.sub.durable, stream=self.sub.stream)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer-{self.sub.durable}")
+
+    async def stop(self) -> None:
+        """Finish the message in hand, then stop fetching."""
+        self._stopping.set()
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        self._psub = None
+        try:
+            await self._loop()
+        finally:
+            if self._psub is not None:
+                try:
+                    await self._psub.unsubscribe()
+                except Exception:  # noqa: BLE001 - connection may be gone
+                    pass
+
+    async def _loop(self) -> None:
+        psub = None
+        generation = -1
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                if psub is None or generation != self._broker.generation:
+                    if psub is not None:
+                        try:
+                            await psub.unsubscribe()
+                        except Exception:  # noqa: BLE001 - the old one may already be gone
+                            pass
+                    generation = self._broker.generation
+                    psub = self._psub = await self._bind()
+                try:
+                    msgs = await psub.fetch(self._batch, timeout=self._fetch_timeout)
+                except nats.errors.TimeoutError:
+                    continue
+                failures = 0
+                for msg in msgs:
+                    await self._handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - broker trouble: re-bind and go on
+                failures += 1
+                psub = None
+                log.warning("consumer loop error", consumer=self.sub.durable, error=repr(exc))
+                await asyncio.sleep(min(5.0, 0.2 * failures))
+
+    async def _handle(self, msg) -> None:
+        deliveries = msg.metadata.num_delivered if msg.metadata else 1
+        try:
+            env = event_pb2.EventEnvelope.FromString(msg.data)
+            if not env.event_id:
+                raise PermanentError("envelope without event id")
+        except (DecodeError, PermanentError) as exc:
+            await self._dead_letter(msg, None, deliveries, f"undecodable: {exc}")
+            return
+        entry = self.sub.handlers.get(env.event_type)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                fresh = await conn.fetchval(
+                    "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
+                    "ON CONFLICT DO NOTHING RETURNING true", self.sub.durable, env.event_id, msg.subject)
+                if fresh and entry is not None:
+                    message_type, handler = entry
+                    payload = message_type()
+                    if not env.payload.Unpack(payload):
+                        raise PermanentError(f"payload is not {env.event_type}")
+                    await handler(conn, env, payload)
+            await msg.ack()
+            self.processed += 1
+            CONSUMED.labels(self.sub.durable, "handled" if fresh else "duplicate").inc()
+        except PermanentError as exc:
+            await self._dead_letter(msg, env.event_id, deliveries, str(exc))
+        except Exception as exc:  # noqa: BLE001 - decide between retry and dead letter
+            if deliveries >= self._max_deliver:
+                await self._dead_letter(msg, env.event_id, deliveries, repr(exc))
+                return
+            delay = self._retry_base * 2 ** (deliveries - 1)
+            log.warning("event handler failed, will retry", consumer=self.sub.durable,
+                        event_id=env.event_id, deliveries=deliveries, delay=delay, error=repr(exc))
+            CONSUMED.labels(self.sub.durable, "retried").inc()
+            await msg.nak(delay=delay)
+
+    async def _dead_letter(self, msg, event_id: str | None, deliveries: int, error: str) -> None:
+        log.error("event dead-lettered", consumer=self.sub.durable, event_id=event_id,
+                  deliveries=deliveries, error=error)
+        try:
+            await self._pool.execute(
+                "INSERT INTO dead_letters (consumer, subject, event_id, deliveries, error, payload) "
+                "VALUES ($1, $2, $3, $4, $5, $6)", self.sub.durable, msg.subject, event_id, deliveries,
+                error[:2000], msg.data)
+        except Exception as exc:  # noqa: BLE001 - cannot record it: let it be redelivered
+            log.warning("dead letter not recorded", error=repr(exc))
+            await msg.nak(delay=5)
+            return
+        CONSUMED.labels(self.sub.durable, "dead_lettered").inc()
+        await msg.term()

@@ -1,0 +1,75 @@
+"""asyncpg pool and versioned SQL migrations, one schema per service.
+
+A service's migrations are the shared runtime's (outbox, inbox, dead letters: the same
+tables in every schema) followed by its own `services/<name>/migrations/NNN_*.sql`.
+Each file runs once, in its own transaction, under an advisory lock so that replicas
+starting together do not race.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import asyncpg
+
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+COMMON_MIGRATIONS = Path(__file__).with_name("migrations")
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def migration_dirs(service: str) -> list[tuple[str, Path]]:
+    own = Path(__file__).resolve().parents[1] / service / "migrations"
+    return [("common", COMMON_MIGRATIONS), (service, own)]
+
+
+def _files(prefix: str, folder: Path) -> list[tuple[str, Path]]:
+    if not folder.is_dir():
+        return []
+    return [(f"{prefix}/{p.name}", p) for p in sorted(folder.glob("*.sql"))]
+
+
+async def migrate(dsn: str, schema: str, service: str | None = None) -> list[str]:
+    """Apply pending migrations; returns the versions applied now."""
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(f"bad schema name {schema!r}")
+    service = service or schema
+    conn = await asyncpg.connect(dsn)
+    applied_now: list[str] = []
+    try:
+        # The lock key is per schema so different services migrate in parallel.
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrate:{schema}")
+        try:
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+            for prefix, folder in migration_dirs(service):
+                for version, path in _files(prefix, folder):
+                    if version in done:
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+                        await conn.execute(path.read_text(encoding="utf-8"))
+                        await conn.execute(
+                            f"INSERT INTO {schema}.schema_migrations(version) VALUES ($1)", version)
+                    applied_now.append(version)
+                    log.info("migration applied", schema=schema, version=version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"migrate:{schema}")
+    finally:
+        await conn.close()
+    return applied_now
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 2, max_size: int = 10,
+                      command_timeout: float = 10.0) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout,
+        # Bounded connect so a call fails fast with UNAVAILABLE while the database is down.
+        timeout=5.0,
+        server_settings={"search_path": f"{schema}, public", "application_name": schema},
+    )

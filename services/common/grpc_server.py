@@ -1,0 +1,205 @@
+"""The grpc.aio server every service runs: health, reflection, metrics, errors, auth.
+
+One interceptor does the edge work of each call: request id, caller, log line,
+Prometheus metrics named as go-grpc-prometheus names them, and the mapping of domain
+errors to a status with rich details. Servicers stay free of all of it.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import asyncpg
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram
+
+from services.common import auth
+from services.common.errors import DomainError, Unauthenticated, Unavailable, to_rpc_status
+from services.common.logging import get_logger
+
+log = get_logger("grpc")
+
+_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+STARTED = Counter("grpc_server_started_total", "RPCs started on the server.", _LABELS)
+HANDLED = Counter("grpc_server_handled_total", "RPCs completed on the server, regardless of success or failure.",
+                  (*_LABELS, "grpc_code"))
+HANDLING = Histogram("grpc_server_handling_seconds",
+                     "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+                     _LABELS, buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+MSG_SENT = Counter("grpc_server_msg_sent_total", "gRPC stream messages sent by the server.", _LABELS)
+
+# Methods anyone may call without a token: probes and tooling.
+PUBLIC_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                             "grpc.reflection.v1.ServerReflection"})
+
+_CONNECTION_ERRORS = (asyncpg.exceptions.ConnectionDoesNotExistError,
+                      asyncpg.exceptions.CannotConnectNowError,
+                      asyncpg.exceptions.ConnectionFailureError,
+                      asyncpg.exceptions.InterfaceError,
+                      ConnectionError, OSError, asyncio.TimeoutError)
+
+
+def _split(method: str) -> tuple[str, str]:
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+def _grpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    if handler.response_streaming:
+        return "server_stream"
+    return "unary"
+
+
+def _as_domain_error(exc: BaseException) -> DomainError | None:
+    if isinstance(exc, DomainError):
+        return exc
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return Unavailable("a backing service is unavailable, retry later", reason="BACKEND_UNAVAILABLE")
+    return None
+
+
+class EdgeInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, verifier: auth.TokenVerifier | None) -> None:
+        self._verifier = verifier
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, method = _split(details.method)
+        labels = (_grpc_type(handler), service, method)
+        needs_auth = service not in PUBLIC_SERVICES and self._verifier is not None
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, labels, needs_auth),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, labels, needs_auth),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler  # client or bidi streaming: none of our APIs use them
+
+    def _begin(self, context: grpc.aio.ServicerContext, labels: tuple, needs_auth: bool) -> tuple:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=f"{labels[1]}/{labels[2]}")
+        STARTED.labels(*labels).inc()
+        caller = None
+        if needs_auth:
+            caller = self._verifier.verify_metadata(metadata)  # type: ignore[union-attr]
+            structlog.contextvars.bind_contextvars(institution=caller.institution_id, role=caller.role.value)
+        return request_id, auth.set_caller(caller)
+
+    async def _finish(self, context, labels, started: float, exc: BaseException | None) -> None:
+        code = grpc.StatusCode.OK
+        if exc is not None:
+            error = _as_domain_error(exc)
+            if error is None:
+                log.exception("unhandled error", exc_info=exc)
+                code = grpc.StatusCode.INTERNAL
+                HANDLED.labels(*labels, code.name).inc()
+                HANDLING.labels(*labels).observe(time.perf_counter() - started)
+                await context.abort(code, "internal error")
+            code = error.code
+            HANDLED.labels(*labels, code.name).inc()
+            HANDLING.labels(*labels).observe(time.perf_counter() - started)
+            log.info("rpc failed", code=code.name, error=error.message)
+            status = to_rpc_status(error)
+            await context.abort(code, error.message, trailing_metadata=(
+                ("grpc-status-details-bin", status.SerializeToString()),))
+        HANDLED.labels(*labels, code.name).inc()
+        HANDLING.labels(*labels).observe(time.perf_counter() - started)
+        log.debug("rpc ok", seconds=round(time.perf_counter() - started, 4))
+
+    def _wrap_unary(self, behavior, labels, needs_auth):
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            token = None
+            try:
+                _, token = self._begin(context, labels, needs_auth)
+                response = await behavior(request, context)
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - the edge maps everything
+                await self._finish(context, labels, started, exc)
+                raise
+            finally:
+                if token is not None:
+                    auth.reset_caller(token)
+            await self._finish(context, labels, started, None)
+            return response
+        return wrapper
+
+    def _wrap_stream(self, behavior, labels, needs_auth):
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            token = None
+            try:
+                _, token = self._begin(context, labels, needs_auth)
+                async for item in behavior(request, context):
+                    MSG_SENT.labels(*labels).inc()
+                    yield item
+            except asyncio.CancelledError:
+                HANDLED.labels(*labels, grpc.StatusCode.CANCELLED.name).inc()
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                await self._finish(context, labels, started, exc)
+                raise
+            finally:
+                if token is not None:
+                    auth.reset_caller(token)
+            await self._finish(context, labels, started, None)
+        return wrapper
+
+
+Registrar = Callable[[grpc.aio.Server], Iterable[str]]
+
+
+class GrpcServer:
+    """A grpc.aio server with health and reflection, stopped gracefully."""
+
+    def __init__(self, port: int, registrars: list[Registrar], *, verifier: auth.TokenVerifier | None,
+                 host: str = "[::]", options: list[tuple[str, Any]] | None = None) -> None:
+        self.server = grpc.aio.server(
+            interceptors=[EdgeInterceptor(verifier)],
+            options=options or [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = []
+        for register in registrars:
+            self.service_names.extend(register(self.server))
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind gRPC port {port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def enter_shutdown(self) -> None:
+        """NOT_SERVING first, so load balancers stop sending before we stop accepting."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)

@@ -1,0 +1,158 @@
+"""Transactional outbox: events are rows written with the change, relayed to JetStream.
+
+`add()` runs inside the caller's transaction, so an event exists if and only if the
+change committed. The relay claims unsent rows with FOR UPDATE SKIP LOCKED (replicas
+share the work), publishes each with Nats-Msg-Id = event id, and marks it sent only on
+PubAck. A crash between publish and mark-sent re-publishes the same id: JetStream's
+duplicate window and the consumers' inbox absorb it.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime, timedelta
+
+import asyncpg
+from google.protobuf.message import Message
+from prometheus_client import Counter, Gauge
+
+from common.v1 import event_pb2
+from services.common import messaging
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+PUBLISHED = Counter("outbox_published_total", "Outbox events published and acknowledged.", ("schema",))
+PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Outbox publish attempts that failed.", ("schema",))
+PENDING = Gauge("outbox_pending", "Unsent outbox rows seen at the last claim.", ("schema",))
+
+
+async def add(conn: asyncpg.Connection, event: Message, *, aggregate_id: str, hospital_id: str,
+              request_id: str = "", event_id: str | None = None) -> event_pb2.EventEnvelope:
+    """Write an event in the current transaction (the caller must hold one)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("outbox.add must run inside the transaction of the change")
+    env = messaging.envelope(event, aggregate_id=aggregate_id, hospital_id=hospital_id,
+                             request_id=request_id, event_id=event_id)
+    await conn.execute(
+        "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, payload) VALUES ($1,$2,$3,$4,$5)",
+        env.event_id, messaging.subject_for(event, hospital_id), env.event_type, aggregate_id,
+        env.SerializeToString())
+    return env
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, broker: messaging.Broker, schema: str, *,
+                 dsn: str, poll_seconds: float = 1.0, batch_size: int = 200,
+                 retention: timedelta = timedelta(days=7)) -> None:
+        self._pool = pool
+        self._broker = broker
+        self._schema = schema
+        self._dsn = dsn
+        self._poll = poll_seconds
+        self._batch = batch_size
+        self._retention = retention
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._listener: asyncpg.Connection | None = None
+        self.last_batch_failed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._task:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._close_listener()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        """LISTEN is a latency optimisation only; the poll still finds everything."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            self._listener = await asyncpg.connect(self._dsn, timeout=5)
+            await self._listener.add_listener(f"{self._schema}_outbox", lambda *_: self._wake.set())
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            log.warning("outbox listen failed, polling only", error=str(exc))
+            self._listener = None
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None and not self._listener.is_closed():
+            await self._listener.close()
+        self._listener = None
+
+    async def _run(self) -> None:
+        last_purge = 0.0
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                await self._listen()
+                sent = await self.relay_once()
+                if self.last_batch_failed:
+                    raise ConnectionError("broker refused a publish")
+                failures = 0
+                if loop.time() - last_purge > 300:
+                    await self.purge()
+                    last_purge = loop.time()
+                if sent >= self._batch:
+                    continue  # more may be waiting
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError,
+                    ConnectionError) as exc:
+                failures += 1
+                await self._close_listener()
+                log.warning("outbox relay error", error=str(exc), failures=failures)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** failures) * random.uniform(0.5, 1.0))
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+            except asyncio.TimeoutError:
+                pass
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows were marked sent."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT seq, event_id, subject, payload FROM outbox WHERE sent_at IS NULL "
+                "ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED", self._batch)
+            PENDING.labels(self._schema).set(len(rows))
+            if not rows:
+                return 0
+            sent: list[int] = []
+            for row in rows:
+                try:
+                    await self._broker.js.publish(row["subject"], row["payload"],
+                                                  headers={"Nats-Msg-Id": str(row["event_id"])})
+                except Exception as exc:  # noqa: BLE001 - any broker failure: keep the row, retry later
+                    PUBLISH_ERRORS.labels(self._schema).inc()
+                    await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2 "
+                                       "WHERE seq = $1", row["seq"], str(exc)[:500])
+                    log.warning("outbox publish failed", event_id=str(row["event_id"]), error=str(exc))
+                    break  # keep order: later rows wait for this one
+                sent.append(row["seq"])
+            if sent:
+                await conn.execute("UPDATE outbox SET sent_at = now(), attempts = attempts + 1 "
+                                   "WHERE seq = ANY($1::bigint[])", sent)
+                PUBLISHED.labels(self._schema).inc(len(sent))
+            self.last_batch_failed = len(sent) < len(rows)
+            return len(sent)
+
+    async def purge(self) -> int:
+        result = await self._pool.execute(
+            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < now() - $1::interval",
+            self._retention)
+        return int(result.split()[-1])
+
+    async def replay(self, since: datetime) -> int:
+        """Re-publish events sent since a moment, e.g. after the broker lost data."""
+        result = await self._pool.execute(
+            "UPDATE outbox SET sent_at = NULL WHERE sent_at IS NOT NULL AND created_at >= $1", since)
+        self.wake()
+        return int(result.split()[-1])
