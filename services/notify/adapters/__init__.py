@@ -1,0 +1,1 @@
+"""Adapters from the notify service to the outside world (vendor HTTP APIs)."""

@@ -1,0 +1,50 @@
+"""Notification channels: real HTTP clients for WeChat subscribe messages and
+Aliyun / Tencent SMS, plus the parsers for their delivery receipts."""
+
+from .aliyun_sms import AliyunSmsChannel
+from .base import (
+    Channel,
+    HttpTimeouts,
+    SendOutcome,
+    SendStatus,
+    SmsMessage,
+    WeChatMessage,
+    WeChatTarget,
+    mask_phone,
+)
+from .receipts import (
+    Receipt,
+    RecentKeys,
+    Vendor,
+    parse_aliyun_receipts,
+    parse_tencent_receipts,
+    receipt_handler,
+    receipt_routes,
+    vendor_reply,
+)
+from .tencent_sms import TencentSmsChannel
+from .wechat import StableTokenCache, WeChatSubscribeChannel, validate_subscribe_data
+
+__all__ = [
+    "AliyunSmsChannel",
+    "Channel",
+    "HttpTimeouts",
+    "Receipt",
+    "RecentKeys",
+    "SendOutcome",
+    "SendStatus",
+    "SmsMessage",
+    "StableTokenCache",
+    "TencentSmsChannel",
+    "Vendor",
+    "WeChatMessage",
+    "WeChatSubscribeChannel",
+    "WeChatTarget",
+    "mask_phone",
+    "parse_aliyun_receipts",
+    "parse_tencent_receipts",
+    "receipt_handler",
+    "receipt_routes",
+    "validate_subscribe_data",
+    "vendor_reply",
+]

@@ -1,0 +1,146 @@
+"""The gRPC bootstrap: health, reflection, metrics, rich errors, auth, graceful stop."""
+import asyncio
+import signal
+import urllib.request
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from services.common import app, errors
+from services.common.auth import Role
+from services.common.localstack import free_port
+from tests.support.slow_service import SERVICE, register
+from tests.support.stack import running_service, wait_serving
+
+FAILING = "test.v1.Failing"
+
+
+async def _invalid(request: bytes, context) -> bytes:
+    v = errors.Violations()
+    v.add("referral.patient.id_number", "身份证号校验位错误")
+    v.add("referral.patient.mobile", "not a mainland mobile number")
+    v.raise_if_any()
+
+
+async def _boom(request: bytes, context) -> bytes:
+    raise ZeroDivisionError("a bug")
+
+
+async def _precondition(request: bytes, context) -> bytes:
+    raise errors.FailedPrecondition("referral is COMPLETED; cannot accept", reason="ILLEGAL_TRANSITION")
+
+
+def _register_failing(server):
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(FAILING, {
+        "Invalid": grpc.unary_unary_rpc_method_handler(_invalid),
+        "Boom": grpc.unary_unary_rpc_method_handler(_boom),
+        "Precondition": grpc.unary_unary_rpc_method_handler(_precondition),
+    }),))
+    return [FAILING]
+
+
+def _build(ctx):
+    return app.ServiceParts(registrars=[register, _register_failing])
+
+
+@pytest.fixture
+async def service(stack):
+    metrics_port = free_port()
+    async with running_service(stack, "referral", _build, metrics_port=metrics_port) as svc:
+        svc.metrics_port = metrics_port
+        yield svc
+
+
+def _call(channel, service, method):
+    return channel.unary_unary(f"/{service}/{method}")
+
+
+async def test_health_and_reflection(service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = set()
+        async for response in responses:
+            names |= {s.name for s in response.list_services_response.service}
+        assert {"grpc.health.v1.Health", SERVICE, FAILING} <= names
+
+
+async def test_calls_need_a_valid_token(stack, service):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as no_token:
+            await _call(channel, SERVICE, "Sleep")(b"0")
+        assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as garbage:
+            await _call(channel, SERVICE, "Sleep")(b"0", metadata=(("authorization", "Bearer abc.def.ghi"),))
+        assert garbage.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = await _call(channel, SERVICE, "Sleep")(b"0", metadata=stack.metadata("CLINIC01", Role.CLINIC_DOCTOR))
+        assert reply == b"done"
+
+
+async def test_domain_errors_carry_rich_details(stack, service):
+    md = stack.metadata("HOSP01", Role.REFERRAL_DESK)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await _call(channel, FAILING, "Invalid")(b"", metadata=md)
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(invalid.value)
+        bad = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(bad)
+        assert [v.field for v in bad.field_violations] == ["referral.patient.id_number", "referral.patient.mobile"]
+
+        with pytest.raises(grpc.aio.AioRpcError) as pre:
+            await _call(channel, FAILING, "Precondition")(b"", metadata=md)
+        assert pre.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "COMPLETED" in pre.value.details()
+
+        with pytest.raises(grpc.aio.AioRpcError) as boom:
+            await _call(channel, FAILING, "Boom")(b"", metadata=md)
+        assert boom.value.code() == grpc.StatusCode.INTERNAL
+        assert "a bug" not in boom.value.details()  # internals are logged, not returned
+
+
+async def test_metrics_are_named_as_go_grpc_prometheus(stack, service):
+    md = stack.metadata("HOSP01", Role.REFERRAL_DESK)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        await _call(channel, SERVICE, "Sleep")(b"1", metadata=md)
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).read().decode())
+    assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Sleep",grpc_service="test.v1.Slow",grpc_type="unary"}' in body
+    assert "grpc_server_handling_seconds_bucket" in body
+
+
+async def test_sigterm_lets_in_flight_calls_finish(stack):
+    port = free_port()
+    proc = stack.spawn("tests.support.slow_service", "slow-service", GRPC_PORT=str(port),
+                       SHUTDOWN_GRACE_SECONDS="10")
+    try:
+        await wait_serving(port)
+        md = stack.metadata("CLINIC01", Role.CLINIC_DOCTOR)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            calls = [asyncio.ensure_future(_call(channel, SERVICE, "Sleep")(b"2500", metadata=md)) for _ in range(5)]
+            await asyncio.sleep(0.8)  # the calls are in flight
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            health = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                not_serving = reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            except grpc.aio.AioRpcError:
+                not_serving = True  # already refusing new calls: also not serving
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        finished = sum(1 for r in results if r == b"done")
+        print(f"SIGTERM with 5 calls in flight: finished = {finished}/5")
+        assert finished == 5, results
+        assert not_serving
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
