@@ -17,6 +17,8 @@ from services.common import logging as logs
 from services.common.localstack import LocalStack
 from tests.support.stack import TestStack
 
+# Services started by the tests generate their keys under the session's folder.
+os.environ["DEV_MODE"] = "1"
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="consortium-tests-"))
 LOG_DIR = _SESSION_DIR / "logs"
 LOG_DIR.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,8 @@ Builder = Callable[[AppContext], ServiceParts]
 def verifier_for(settings: config.Settings) -> auth.TokenVerifier:
     keys = settings.auth_public_keys
     if not keys:
+        if not settings.dev_mode:
+            raise SystemExit("AUTH_JWT_PUBLIC_KEYS is required (DEV_MODE=1 generates a local key pair)")
         log.warning("AUTH_JWT_PUBLIC_KEYS unset: using the development key pair")
         keys = auth.dev_keys(settings.data_dir).public_pem
     return auth.TokenVerifier(keys, issuer=settings.auth_issuer, audience=settings.auth_audience)
@@ -85,8 +87,10 @@ class ServiceApp:
         await broker.ensure_stream(s.service, s.nats_stream_replicas)
         relay = OutboxRelay(pool, broker, s.schema, dsn=s.database_url, poll_seconds=s.outbox_poll_seconds,
                             retention=timedelta(hours=s.outbox_retention_hours))
-        self.ctx = AppContext(s, pool, broker, relay,
-                              PiiCipher.from_config(s.pii_encryption_keys, s.pii_hash_key, s.data_dir))
+        if not s.pii_encryption_keys and not s.dev_mode:
+            raise SystemExit("PII_ENCRYPTION_KEYS and PII_HASH_KEY are required (DEV_MODE=1 generates local keys)")
+        self.ctx = AppContext(s, pool, broker, relay, PiiCipher.from_config(
+            s.pii_encryption_keys, s.pii_hash_key, s.data_dir if s.dev_mode else None))
         self._parts = self._build(self.ctx)
         relay.start()
         for subscription in self._parts.subscriptions:

@@ -61,6 +61,9 @@ class Settings:
     auth_public_keys: str
     pii_encryption_keys: str
     pii_hash_key: str
+    # One-machine development: missing keys are generated under data_dir instead of
+    # refusing to start. Never set in a cluster.
+    dev_mode: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -96,4 +99,5 @@ def load(service: str) -> Settings:
         auth_public_keys=_env("AUTH_JWT_PUBLIC_KEYS"),
         pii_encryption_keys=_env("PII_ENCRYPTION_KEYS"),
         pii_hash_key=_env("PII_HASH_KEY"),
+        dev_mode=_env("DEV_MODE", "0") in ("1", "true", "yes"),
     )

@@ -1,0 +1,187 @@
+"""`make run`: the whole system on one machine.
+
+Starts (or uses, when DATABASE_URL and NATS_URL are set) PostgreSQL and a JetStream
+nats-server, runs the three services as separate processes on their standard ports,
+waits until each reports SERVING on the standard health service, loads the demo
+consortium, and serves until Ctrl-C. With no vendor credentials configured, notify
+talks to sandbox WeChat/SMS servers on loopback, so every message can be seen.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common import auth, config
+from services.common import logging as logs
+
+SERVICES = ("referral", "scheduling", "notify")
+REPO = config.repo_root()
+
+log = logs.get_logger("launcher")
+
+
+def _token_for(data_dir: Path):
+    keys = auth.dev_keys(data_dir)
+
+    def token_for(institution_id: str, role: str) -> str:
+        return auth.issue_token(keys.private_pem, institution_id=institution_id, role=role,
+                                ttl_seconds=12 * 3600)
+    return token_for
+
+
+async def wait_serving(port: int, name: str, timeout: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while loop.time() < deadline:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.3)
+    raise TimeoutError(f"{name or 'service'} on port {port} is not SERVING after {timeout:.0f}s")
+
+
+class Launcher:
+    def __init__(self, data_dir: Path, env_overrides: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.stack = None
+        self.sandbox = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = dict(os.environ)
+        self.env.update(env_overrides or {})
+        self.env.setdefault("DEV_MODE", "1")
+        self.env["DATA_DIR"] = str(data_dir)
+        self.env["PYTHONPATH"] = f"{REPO / 'gen'}:{REPO}"
+        self.ports = {svc: int(self.env.get(f"{svc.upper()}_GRPC_PORT", config.DEFAULT_GRPC_PORTS[svc]))
+                      for svc in SERVICES}
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.env.get("DATABASE_URL") and self.env.get("NATS_URL")):
+            from services.common.localstack import LocalStack
+
+            self.stack = await asyncio.to_thread(LocalStack.start, self.data_dir)
+            self.env.update(self.stack.env())
+        if not (self.env.get("ALIYUN_ACCESS_KEY_ID") or self.env.get("TENCENT_SECRET_ID")):
+            self.env.update(await self._start_sandbox_vendors())
+        logs_dir = self.data_dir / "logs"
+        logs_dir.mkdir(exist_ok=True)
+        for svc in SERVICES:
+            env = dict(self.env)
+            env["GRPC_PORT"] = str(self.ports[svc])
+            env["METRICS_PORT"] = str(config.DEFAULT_METRICS_PORTS[svc])
+            out = open(logs_dir / f"{svc}.log", "ab")  # noqa: SIM115 - lives as long as the child
+            self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"services.{svc}", "serve"],
+                                               env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            await asyncio.gather(*(wait_serving(self.ports[svc], "") for svc in SERVICES))
+        except TimeoutError:
+            for svc, proc in self.procs.items():
+                if proc.poll() is not None:
+                    print(f"{svc} exited with {proc.returncode}; see {logs_dir / (svc + '.log')}")
+            raise
+
+    async def _start_sandbox_vendors(self) -> dict[str, str]:
+        try:
+            sandbox = importlib.import_module("services.notify.sandbox")
+        except ModuleNotFoundError:
+            return {}
+        self.sandbox = await sandbox.start()
+        return self.sandbox.env()
+
+    async def load_demo(self) -> list[str]:
+        token_for = _token_for(self.data_dir)
+        loaded = []
+        for svc in ("referral", "scheduling", "notify"):
+            try:
+                module = importlib.import_module(f"services.{svc}.demo")
+            except ModuleNotFoundError:
+                continue
+            await module.load_demo(f"127.0.0.1:{self.ports[svc]}", token_for)
+            loaded.append(svc)
+        return loaded
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for svc, proc in self.procs.items():
+            try:
+                await asyncio.to_thread(proc.wait, 40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+        if self.stack is not None:
+            await asyncio.to_thread(self.stack.stop)
+
+
+def _banner(launcher: Launcher, loaded: list[str]) -> str:
+    token = _token_for(launcher.data_dir)
+    lines = ["", "The consortium is running (Ctrl-C stops everything):", ""]
+    for svc in SERVICES:
+        lines.append(f"  {svc:<11} gRPC 127.0.0.1:{launcher.ports[svc]}   metrics http://127.0.0.1:"
+                     f"{config.DEFAULT_METRICS_PORTS[svc]}/metrics")
+    lines += [
+        f"  PostgreSQL  {launcher.env['DATABASE_URL']}",
+        f"  NATS        {launcher.env['NATS_URL']}",
+        f"  logs        {launcher.data_dir / 'logs'}",
+        f"  demo data   {', '.join(loaded) or 'none'}",
+        "",
+        "Every call needs a token naming an institution and a role, e.g. the township clinic CLINIC01:",
+        f"  TOKEN={token('CLINIC01', 'clinic_doctor')[:24]}...   (full: python -m services.launcher token CLINIC01 clinic_doctor)",
+        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" 127.0.0.1:50051 list",
+        "Health (no token): grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def _serve(data_dir: Path) -> None:
+    launcher = Launcher(data_dir)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        print("starting PostgreSQL, NATS and the services ...", flush=True)
+        await launcher.start()
+        loaded = await launcher.load_demo()
+        print(_banner(launcher, loaded), flush=True)
+        await stop.wait()
+        print("stopping ...", flush=True)
+    finally:
+        await launcher.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.launcher")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="run everything (default)")
+    tok = sub.add_parser("token", help="print a development token")
+    tok.add_argument("institution")
+    tok.add_argument("role", choices=[r.value for r in auth.Role])
+    args = parser.parse_args(argv)
+    data_dir = Path(os.environ.get("DATA_DIR", REPO / ".data"))
+    if args.command == "token":
+        print(_token_for(data_dir)(args.institution, args.role))
+        return
+    logs.configure(os.environ.get("LOG_LEVEL", "WARNING"), service="launcher")
+    asyncio.run(_serve(data_dir))
+
+
+if __name__ == "__main__":
+    main()
