@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 from services.common import auth, config, db, messaging
 from services.common import logging as logs
 from services.common.consumer import EventConsumer, Subscription
-from services.common.grpc_server import GrpcServer, Registrar
+from services.common.grpc_server import GrpcServer, Registrar, server_credentials
 from services.common.outbox import OutboxRelay
 from services.common.pii import PiiCipher
 
@@ -99,7 +99,9 @@ class ServiceApp:
             self._consumers.append(consumer)
         for job in self._parts.background:
             self._tasks.append(asyncio.create_task(job()))
-        self.grpc = GrpcServer(s.grpc_port, self._parts.registrars, verifier=verifier_for(s))
+        self.grpc = GrpcServer(s.grpc_port, self._parts.registrars, verifier=verifier_for(s),
+                               credentials=server_credentials(s.tls_cert_file, s.tls_key_file,
+                                                              s.tls_client_ca_file))
         await self.grpc.start()
         if s.metrics_port:
             start_http_server(s.metrics_port, addr="0.0.0.0")

@@ -64,6 +64,10 @@ class Settings:
     # One-machine development: missing keys are generated under data_dir instead of
     # refusing to start. Never set in a cluster.
     dev_mode: bool = False
+    # TLS for the gRPC port; with a client CA, clients must present a certificate (mTLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -100,4 +104,7 @@ def load(service: str) -> Settings:
         pii_encryption_keys=_env("PII_ENCRYPTION_KEYS"),
         pii_hash_key=_env("PII_HASH_KEY"),
         dev_mode=_env("DEV_MODE", "0") in ("1", "true", "yes"),
+        tls_cert_file=_env("TLS_CERT_FILE"),
+        tls_key_file=_env("TLS_KEY_FILE"),
+        tls_client_ca_file=_env("TLS_CLIENT_CA_FILE"),
     )

@@ -172,11 +172,25 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
 Registrar = Callable[[grpc.aio.Server], Iterable[str]]
 
 
+def server_credentials(cert_file: str, key_file: str, client_ca_file: str = "") -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mutual TLS when a client CA is too."""
+    if not cert_file:
+        return None
+    with open(cert_file, "rb") as cert, open(key_file, "rb") as key:
+        pair = (key.read(), cert.read())
+    root = None
+    if client_ca_file:
+        with open(client_ca_file, "rb") as ca:
+            root = ca.read()
+    return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
+
+
 class GrpcServer:
     """A grpc.aio server with health and reflection, stopped gracefully."""
 
     def __init__(self, port: int, registrars: list[Registrar], *, verifier: auth.TokenVerifier | None,
-                 host: str = "[::]", options: list[tuple[str, Any]] | None = None) -> None:
+                 host: str = "[::]", options: list[tuple[str, Any]] | None = None,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.server = grpc.aio.server(
             interceptors=[EdgeInterceptor(verifier)],
             options=options or [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)])
@@ -188,7 +202,9 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        self.port = (self.server.add_secure_port(address, credentials) if credentials is not None
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
             raise RuntimeError(f"could not bind gRPC port {port}")
 

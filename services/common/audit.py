@@ -1,0 +1,37 @@
+"""Audit of patient-data access: one append-only row per read or change.
+
+Written in the same transaction as the change (or, for a read, right before the data
+is returned), so a call that returned patient data always left its row.
+"""
+from __future__ import annotations
+
+import asyncpg
+import structlog
+
+from services.common.auth import Caller
+
+
+def _request_id() -> str:
+    return str(structlog.contextvars.get_contextvars().get("request_id", ""))
+
+
+async def record(conn: asyncpg.Connection, caller: Caller, action: str, resource: str,
+                 patient_id: str | None) -> None:
+    await conn.execute(
+        "INSERT INTO audit_log (subject, institution_id, role, action, resource, patient_id, request_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        caller.subject, caller.institution_id, caller.role.value, action, resource, patient_id,
+        _request_id())
+
+
+async def record_many(conn: asyncpg.Connection, caller: Caller, action: str,
+                      items: list[tuple[str, str | None]]) -> None:
+    """One row per patient a list call returned."""
+    if not items:
+        return
+    request_id = _request_id()
+    await conn.executemany(
+        "INSERT INTO audit_log (subject, institution_id, role, action, resource, patient_id, request_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        [(caller.subject, caller.institution_id, caller.role.value, action, resource, patient, request_id)
+         for resource, patient in items])
