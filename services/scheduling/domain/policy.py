@@ -1,0 +1,58 @@
+"""Reservation policy: how much capacity is kept for referrals and when it goes back.
+
+Beijing's rule is the default: at least 30 % of a session's places go to consortium
+clinics, expert sessions have their own floor, and what is still unbooked a fixed
+number of hours before it starts returns to the hospital's general pool.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+RESOURCE_TYPES = ("outpatient", "exam", "bed")
+
+
+@dataclass(frozen=True)
+class ReservationPolicy:
+    hospital_id: str
+    resource_type: str
+    reserved_share: float = 0.30
+    expert_floor_share: float = 0.0
+    release_hours: int = 48
+    early_release_days: int = 14
+    clinic_quotas: dict[str, int] = field(default_factory=dict)
+
+    def minimum_reserved(self, total_places: int, expert: bool) -> int:
+        share = max(self.reserved_share, self.expert_floor_share if expert else 0.0)
+        return min(total_places, math.ceil(round(total_places * share, 6)))
+
+    def release_at(self, start: datetime) -> datetime:
+        """The moment unbooked reserved capacity starting at `start` returns to the pool."""
+        return start - timedelta(hours=self.release_hours)
+
+    def is_due(self, start: datetime, now: datetime) -> bool:
+        return now >= self.release_at(start)
+
+
+def default_policy(hospital_id: str, resource_type: str) -> ReservationPolicy:
+    return ReservationPolicy(hospital_id, resource_type)
+
+
+def spread(count: int, among: int) -> list[int]:
+    """Indices of `count` items spread evenly over `among`, so the reservation covers the
+    whole day rather than its first hours."""
+    count = max(0, min(count, among))
+    return sorted({(i * among) // count for i in range(count)}) if count else []
+
+
+def distribute(places: int, slots: int) -> list[int]:
+    """Places per slot when a session's places are shared out over its slots."""
+    if slots <= 0:
+        return []
+    base, extra = divmod(max(0, places), slots)
+    extra_at = set(spread(extra, slots))
+    return [base + (1 if i in extra_at else 0) for i in range(slots)]
+
+# Beijing: at least 30 % of outpatient slots go to consortium clinics first.
+MIN_OUTPATIENT_SHARE = 0.30

@@ -1,0 +1,42 @@
+"""Referral events the scheduler acts on; each runs inside the consumer's inbox transaction."""
+from __future__ import annotations
+
+import re
+
+from referral.v1 import events_pb2 as revents
+from services.common.consumer import PermanentError, Subscription
+from services.common.errors import InvalidArgument
+from services.scheduling.entrypoints.grpc_api import validate_snapshot
+from services.scheduling.service_layer import bookings
+from services.scheduling.service_layer.allocation import Scheduler, allocate
+
+CONSUMED = (revents.ReferralAccepted, revents.ReferralCancelled, revents.PatientNoShow, revents.PatientArrived)
+
+
+def subscription(sched: Scheduler) -> Subscription:
+    shard = sched.settings.hospital_shard
+    tokens = shard or ("*",)
+    durable = "scheduling" if not shard else "scheduling_" + re.sub(r"[^A-Za-z0-9_-]", "_", "_".join(sorted(shard)))
+    subjects = [f"{t.DESCRIPTOR.full_name}.{h}" for t in CONSUMED for h in tokens]
+
+    async def accepted(conn, env, event: revents.ReferralAccepted) -> None:
+        try:
+            validate_snapshot(event.referral)
+        except InvalidArgument as exc:
+            raise PermanentError(exc.message) from exc
+        await allocate(conn, sched, event.referral, request_id=env.request_id)
+
+    async def cancelled(conn, env, event: revents.ReferralCancelled) -> None:
+        hospital = await bookings.cancel_referral(conn, event.referral.referral_id, event.reason)
+        if hospital:
+            sched.on_capacity_freed(hospital)
+
+    async def no_show(conn, env, event: revents.PatientNoShow) -> None:
+        await bookings.mark(conn, event.referral.referral_id, "NO_SHOW")
+
+    async def arrived(conn, env, event: revents.PatientArrived) -> None:
+        await bookings.mark(conn, event.referral.referral_id, "ARRIVED")
+
+    return (Subscription(durable=durable, stream="REFERRAL", filter_subjects=subjects)
+            .on(revents.ReferralAccepted, accepted).on(revents.ReferralCancelled, cancelled)
+            .on(revents.PatientNoShow, no_show).on(revents.PatientArrived, arrived))

@@ -1,0 +1,264 @@
+"""Placing referrals: at once on acceptance (existing bookings stay), and by the periodic
+re-optimisation that promotes the waitlist and may move bookings not yet sent.
+
+Each run takes the hospital's advisory lock, so the engine sees a consistent state;
+the unique keys on slot places and bed-nights still decide if any writer slips past it,
+and the loser runs the engine again on fresh state (or waitlists).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from referral.v1 import types_pb2 as rtypes
+from scheduling.v1 import events_pb2
+from services.common import outbox
+from services.common.logging import get_logger
+from services.scheduling import engine
+from services.scheduling.adapters import repository as repo
+from services.scheduling.domain import calendar, preparation
+from services.scheduling.service_layer import engine_adapter as ea
+from services.scheduling.service_layer import rendering
+from services.scheduling.settings import SchedulerSettings
+
+log = get_logger(__name__)
+
+
+class PlaceGone(Exception):
+    """The place the engine chose was taken between loading and writing."""
+
+
+@dataclass
+class Scheduler:
+    """What every use case of this service needs besides a connection."""
+    settings: SchedulerSettings = field(default_factory=SchedulerSettings)
+    clock: Callable[[], datetime] = lambda: datetime.now(calendar.LOCAL)
+    # Called after a change that may free capacity (cancellation, discharge, ...).
+    on_capacity_freed: Callable[[str], None] = lambda hospital_id: None
+
+    def horizon(self, now: datetime) -> ea.Horizon:
+        return ea.Horizon(calendar.local_date(now), self.settings.horizon_days)
+
+    async def solve(self, problem: engine.Problem) -> engine.Solution:
+        # CP-SAT releases the GIL; a thread keeps the event loop (gRPC, consumers) alive.
+        return await asyncio.to_thread(ea.solve, problem, self.settings.time_limit_seconds,
+                                       self.settings.workers)
+
+
+@dataclass
+class Outcome:
+    referral_id: str
+    booking_id: str = ""
+    reason_code: str = ""
+    reason: str = ""
+
+    @property
+    def waitlisted(self) -> bool:
+        return not self.booking_id
+
+
+async def _quotas(conn, hospital_id: str) -> dict[str, int]:
+    raw = await conn.fetchval("SELECT clinic_quotas FROM reservation_policies WHERE hospital_id = $1 "
+                              "AND resource_type = 'outpatient'", hospital_id)
+    if not raw:
+        return {}
+    return {k: int(v) for k, v in (json.loads(raw) if isinstance(raw, str) else raw).items()}
+
+
+async def write_items(conn, booking_id: str, demand: ea.Demand, assignments, horizon: ea.Horizon) -> None:
+    for a in assignments:
+        need_id = demand.need_of_item.get(a.item_id, a.item_id)
+        item_id = f"{booking_id}:{a.item_id}"
+        if a.kind == engine.ItemKind.ADMISSION:
+            await repo.insert_bed_item(conn, item_id=item_id, booking_id=booking_id, need_id=need_id,
+                                       bed_id=a.resource_id, nights=[horizon.date(n) for n in a.nights],
+                                       gender=demand.gender)
+            continue
+        place = await repo.free_place(conn, a.resource_id, demand.referral.green_channel)
+        if place is None:
+            raise PlaceGone(a.resource_id)
+        await repo.insert_slot_item(conn, item_id=item_id, booking_id=booking_id, need_id=need_id,
+                                    engine_item_id=a.item_id, kind=a.kind.value, slot_id=a.resource_id,
+                                    place_no=place)
+
+
+async def _hold_today_beds(conn, booking, horizon: ea.Horizon) -> None:
+    """An admission that starts today gets its bed held on the board and the patient told."""
+    rows = await conn.fetch("SELECT bi.bed_id, bi.first_night FROM booking_items bi WHERE bi.booking_id = $1 "
+                            "AND bi.kind = 'ADMISSION' AND bi.first_night = $2", booking["booking_id"], horizon.today)
+    for r in rows:
+        held = await conn.fetchval("UPDATE beds SET status = 'HELD', held_booking_id = $2, updated_at = now() "
+                                   "WHERE bed_id = $1 AND status = 'FREE' RETURNING true", r["bed_id"],
+                                   booking["booking_id"])
+        if held:
+            await add_bed_ready(conn, booking, r["bed_id"])
+
+
+async def add_bed_ready(conn, booking, bed_id: str) -> None:
+    row = await conn.fetchrow("""
+        SELECT b.label, r.label AS room_label, w.name AS ward_name, w.building, w.floor, h.name AS hospital_name,
+               bi.first_night
+          FROM beds b JOIN rooms r USING (room_id) JOIN wards w USING (ward_id)
+          LEFT JOIN hospitals h ON h.hospital_id = b.hospital_id
+          LEFT JOIN booking_items bi ON bi.bed_id = b.bed_id AND bi.booking_id = $2
+         WHERE b.bed_id = $1""", bed_id, booking["booking_id"])
+    first = row["first_night"] or calendar.local_date(datetime.now(calendar.LOCAL))
+    event = events_pb2.BedReady(
+        referral_id=booking["referral_id"], booking_id=booking["booking_id"], hospital_id=booking["hospital_id"],
+        sending_institution_id=booking["sending_institution_id"], ward=row["ward_name"], room=row["room_label"],
+        bed=row["label"], admit_by_time=rendering.ts(calendar.at(first, rendering.ADMIT_BY_MINUTE)),
+        place=events_pb2.Place(hospital_name=row["hospital_name"] or "", building=row["building"],
+                               floor=row["floor"], room=row["room_label"]))
+    await outbox.add(conn, event, aggregate_id=booking["booking_id"], hospital_id=booking["hospital_id"])
+
+
+async def _book(conn, snapshot: rtypes.ReferralSnapshot, demand: ea.Demand, solution: engine.Solution,
+                horizon: ea.Horizon, request_id: str) -> str:
+    booking_id = uuid.uuid4().hex
+    await repo.insert_booking(conn, booking_id=booking_id, referral_id=snapshot.referral_id,
+                              hospital_id=snapshot.hospital_id,
+                              sending_institution_id=snapshot.sending_institution_id)
+    await write_items(conn, booking_id, demand, solution.items_of(snapshot.referral_id).values(), horizon)
+    await repo.set_referral_state(conn, snapshot.referral_id, "SCHEDULED")
+    items = await rendering.items_of(conn, booking_id)
+    event = events_pb2.ReferralScheduled(
+        referral_id=snapshot.referral_id, booking_id=booking_id, hospital_id=snapshot.hospital_id,
+        sending_institution_id=snapshot.sending_institution_id, items=items, trips=rendering.trips(items),
+        bring=preparation.BRING)
+    env = await outbox.add(conn, event, aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id,
+                           request_id=request_id)
+    await repo.set_scheduled_event(conn, booking_id, env.event_id)
+    await _hold_today_beds(conn, await repo.get_booking(conn, booking_id), horizon)
+    return booking_id
+
+
+async def _waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: str, request_id: str,
+                    announce: bool) -> None:
+    await repo.set_referral_state(conn, snapshot.referral_id, "WAITLISTED", code, reason)
+    if announce:
+        await outbox.add(conn, events_pb2.ReferralWaitlisted(
+            referral_id=snapshot.referral_id, hospital_id=snapshot.hospital_id,
+            sending_institution_id=snapshot.sending_institution_id, reason_code=code, reason=reason),
+            aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id, request_id=request_id)
+
+
+NO_CAPACITY = ("CAPACITY_TAKEN", "号源已被其他转诊占用，已进入候补队列")
+
+
+async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.ReferralSnapshot, *,
+                   request_id: str = "", now: datetime | None = None) -> Outcome:
+    """Place one accepted referral now, inside the caller's transaction (an RPC's or an
+    event handler's inbox transaction); a conflicting writer costs a retry, not an error."""
+    now = now or sched.clock()
+    rid = snapshot.referral_id
+    await repo.lock_hospital(conn, snapshot.hospital_id)
+    known = await repo.get_referral(conn, rid, for_update=True)
+    live = await repo.live_booking_of(conn, rid)
+    if live is not None:
+        return Outcome(rid, booking_id=live["booking_id"])  # the same acceptance again
+    accepted_at = known["accepted_at"] if known is not None and known["state"] == "WAITLISTED" else now
+    first_time = known is None or known["state"] != "WAITLISTED"
+    await repo.save_referral(conn, referral_id=rid, hospital_id=snapshot.hospital_id,
+                             sending_institution_id=snapshot.sending_institution_id,
+                             snapshot=snapshot.SerializeToString(), accepted_at=accepted_at, state="WAITLISTED")
+    horizon = sched.horizon(now)
+    for attempt in range(sched.settings.conflict_retries):
+        capacity = await ea.load_capacity(conn, snapshot.hospital_id, horizon, now, [])
+        demand = ea.referral_demand(snapshot, accepted_at, horizon, capacity.prep_days)
+        solution = await sched.solve(ea.problem(horizon, capacity, [demand],
+                                                quotas=await _quotas(conn, snapshot.hospital_id)))
+        if rid not in solution.placed_referral_ids() and rid in solution.unplaced_by_id():
+            why = solution.unplaced_by_id()[rid]
+            await _waitlist(conn, snapshot, why.reason.value, why.text_zh, request_id, first_time)
+            return Outcome(rid, reason_code=why.reason.value, reason=why.text_zh)
+        try:
+            async with conn.transaction():  # a savepoint: a lost race undoes only this attempt
+                booking_id = await _book(conn, snapshot, demand, solution, horizon, request_id)
+            return Outcome(rid, booking_id=booking_id)
+        except (PlaceGone, asyncpg.UniqueViolationError) as exc:
+            log.info("allocation lost a race, retrying", referral_id=rid, attempt=attempt + 1, error=str(exc))
+    await _waitlist(conn, snapshot, *NO_CAPACITY, request_id, first_time)
+    return Outcome(rid, reason_code=NO_CAPACITY[0], reason=NO_CAPACITY[1])
+
+
+def _same_place(old: list[engine.ExistingBooking], new: dict[str, engine.ItemAssignment]) -> bool:
+    for b in old:
+        a = new.get(b.item_id)
+        if a is None or a.resource_id != b.resource_id or (b.start_night is not None and a.day != b.start_night):
+            return False
+    return len(old) == len(new)
+
+
+async def reoptimise(conn: asyncpg.Connection, sched: Scheduler, hospital_id: str,
+                     now: datetime | None = None) -> list[str]:
+    """Promote waitlisted referrals into capacity freed since they were placed on the list,
+    moving only tentative bookings. Returns the referral ids promoted."""
+    now = now or sched.clock()
+    await repo.lock_hospital(conn, hospital_id)
+    await repo.confirm_sent(conn, hospital_id)
+    horizon = sched.horizon(now)
+    waiting = await repo.waitlisted(conn, hospital_id, now - timedelta(days=sched.settings.horizon_days))
+    if not waiting:
+        return []
+    tentative = await repo.tentative_bookings(conn, hospital_id)
+    movable = [b["booking_id"] for b in tentative]
+    capacity = await ea.load_capacity(conn, hospital_id, horizon, now, movable)
+    snapshots: dict[str, rtypes.ReferralSnapshot] = {}
+    demands: dict[str, ea.Demand] = {}
+    existing: dict[str, list[engine.ExistingBooking]] = {}
+    for row in [*tentative, *waiting]:
+        snap = rtypes.ReferralSnapshot.FromString(row["snapshot"])
+        snapshots[snap.referral_id] = snap
+        demands[snap.referral_id] = ea.referral_demand(snap, row["accepted_at"], horizon, capacity.prep_days)
+    for b in tentative:
+        existing[b["referral_id"]] = await ea.existing_of(conn, b["booking_id"], b["referral_id"], horizon)
+    prob = ea.problem(horizon, capacity, list(demands.values()),
+                      tuple(e for es in existing.values() for e in es), await _quotas(conn, hospital_id))
+    solution = await sched.solve(prob)
+    placed = solution.placed_referral_ids()
+    moved = [b for b in tentative if b["referral_id"] in placed
+             and not _same_place(existing[b["referral_id"]], solution.items_of(b["referral_id"]))]
+    if moved:
+        await _move(conn, moved, snapshots, demands, solution, horizon)
+    promoted = []
+    for row in waiting:
+        rid = row["referral_id"]
+        if rid not in placed:
+            continue
+        try:
+            async with conn.transaction():
+                await _book(conn, snapshots[rid], demands[rid], solution, horizon, "")
+            promoted.append(rid)
+        except (PlaceGone, asyncpg.UniqueViolationError):
+            log.info("promotion lost its place; stays waitlisted", referral_id=rid)
+    if promoted or moved:
+        log.info("reoptimised", hospital_id=hospital_id, promoted=len(promoted), moved=len(moved),
+                 waiting=len(waiting) - len(promoted), objective=solution.objective)
+    return promoted
+
+
+async def _move(conn, moved, snapshots, demands, solution, horizon) -> None:
+    # Free every moved booking's places first: one may take another's old place.
+    previous = {b["booking_id"]: await rendering.items_of(conn, b["booking_id"]) for b in moved}
+    for b in moved:
+        await repo.delete_items(conn, b["booking_id"])
+    for b in moved:
+        rid = b["referral_id"]
+        await write_items(conn, b["booking_id"], demands[rid], solution.items_of(rid).values(), horizon)
+        await add_rescheduled(conn, b, previous[b["booking_id"]], "为让候补患者尽早就诊，调整了尚未通知的预约")
+
+
+async def add_rescheduled(conn, booking, previous, reason: str, request_id: str = "") -> None:
+    items = await rendering.items_of(conn, booking["booking_id"])
+    await outbox.add(conn, events_pb2.BookingRescheduled(
+        referral_id=booking["referral_id"], booking_id=booking["booking_id"], hospital_id=booking["hospital_id"],
+        sending_institution_id=booking["sending_institution_id"], items=items, previous_items=previous,
+        reason=reason), aggregate_id=booking["referral_id"], hospital_id=booking["hospital_id"],
+        request_id=request_id)
+    await conn.execute("UPDATE bookings SET updated_at = now() WHERE booking_id = $1", booking["booking_id"])

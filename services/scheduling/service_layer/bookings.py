@@ -1,0 +1,93 @@
+"""A booking after it was made: cancelled, moved, attended or missed."""
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import asyncpg
+
+from referral.v1 import types_pb2 as rtypes
+from scheduling.v1 import events_pb2
+from services.common import outbox
+from services.common.errors import FailedPrecondition
+from services.scheduling.adapters import repository as repo
+from services.scheduling.service_layer import engine_adapter as ea
+from services.scheduling.service_layer import rendering
+from services.scheduling.service_layer.allocation import PlaceGone, Scheduler, add_rescheduled, write_items
+
+LIVE = ("TENTATIVE", "CONFIRMED")
+
+
+async def cancel(conn: asyncpg.Connection, booking, reason: str, request_id: str = "") -> None:
+    """Frees every place of the booking and tells everyone; the caller wakes re-optimisation."""
+    await repo.lock_hospital(conn, booking["hospital_id"])
+    await conn.execute("UPDATE beds SET status = 'FREE', held_booking_id = NULL, updated_at = now() "
+                       "WHERE held_booking_id = $1", booking["booking_id"])
+    await repo.delete_items(conn, booking["booking_id"])
+    await repo.set_booking_state(conn, booking["booking_id"], "CANCELLED")
+    await outbox.add(conn, events_pb2.BookingCancelled(
+        referral_id=booking["referral_id"], booking_id=booking["booking_id"], hospital_id=booking["hospital_id"],
+        sending_institution_id=booking["sending_institution_id"], reason=reason),
+        aggregate_id=booking["referral_id"], hospital_id=booking["hospital_id"], request_id=request_id)
+
+
+async def cancel_referral(conn, referral_id: str, reason: str) -> str | None:
+    """The referral was withdrawn: off the waitlist, and its booking cancelled. Returns
+    the hospital whose capacity was freed, if any."""
+    known = await repo.get_referral(conn, referral_id, for_update=True)
+    if known is None:
+        return None
+    await repo.set_referral_state(conn, referral_id, "CANCELLED", "REFERRAL_CANCELLED", reason)
+    live = await repo.live_booking_of(conn, referral_id)
+    if live is None or live["state"] not in LIVE:
+        return None
+    await cancel(conn, live, reason or "转诊已取消")
+    return live["hospital_id"]
+
+
+async def mark(conn, referral_id: str, state: str) -> None:
+    """Arrived or no-show: the places stay used (a no-show's place counts as such)."""
+    if await repo.get_referral(conn, referral_id, for_update=True) is None:
+        return
+    await repo.set_referral_state(conn, referral_id, state)
+    live = await repo.live_booking_of(conn, referral_id)
+    if live is not None:
+        await repo.set_booking_state(conn, live["booking_id"], state)
+
+
+async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, request_id: str = "",
+                     now: datetime | None = None) -> None:
+    """Moves a live booking to the best places now (the patient's new days, if given);
+    when nothing fits, nothing changes."""
+    if booking["state"] not in LIVE:
+        raise FailedPrecondition("只能改约未就诊的有效预约", reason="BOOKING_NOT_LIVE")
+    now = now or sched.clock()
+    await repo.lock_hospital(conn, booking["hospital_id"])
+    referral = await repo.get_referral(conn, booking["referral_id"], for_update=True)
+    snapshot = rtypes.ReferralSnapshot.FromString(referral["snapshot"])
+    if dates:
+        del snapshot.available_dates[:]
+        snapshot.available_dates.extend(dates)
+    horizon = sched.horizon(now)
+    capacity = await ea.load_capacity(conn, booking["hospital_id"], horizon, now, [booking["booking_id"]])
+    demand = ea.referral_demand(snapshot, referral["accepted_at"], horizon, capacity.prep_days)
+    solution = await sched.solve(ea.problem(horizon, capacity, [demand]))
+    if snapshot.referral_id not in solution.placed_referral_ids():
+        why = solution.unplaced_by_id().get(snapshot.referral_id)
+        raise FailedPrecondition(f"没有可改约的号源：{why.text_zh if why else ''}", reason="NO_CAPACITY")
+    previous = await rendering.items_of(conn, booking["booking_id"])
+    await conn.execute("UPDATE beds SET status = 'FREE', held_booking_id = NULL, updated_at = now() "
+                       "WHERE held_booking_id = $1", booking["booking_id"])
+    await repo.delete_items(conn, booking["booking_id"])
+    try:
+        async with conn.transaction():
+            await write_items(conn, booking["booking_id"], demand, solution.items_of(snapshot.referral_id).values(),
+                              horizon)
+    except (PlaceGone, asyncpg.UniqueViolationError) as exc:
+        raise FailedPrecondition("号源刚被占用，请重试改约", reason="CONFLICT") from exc
+    await conn.execute("UPDATE referrals SET snapshot = $2, updated_at = now() WHERE referral_id = $1",
+                       snapshot.referral_id, snapshot.SerializeToString())
+    await add_rescheduled(conn, booking, previous, reason or "按患者要求改约", request_id)
+
+
+def to_date(d) -> date:
+    return date(d.year, d.month, d.day)

@@ -1,0 +1,187 @@
+"""Between the database and the engine: rows and referral snapshots in, a Problem out;
+the engine's assignments back as concrete places, days and nights.
+
+Day 0 of the Problem is today's local date; the horizon is SchedulerSettings.horizon_days.
+Capacity handed to the engine is already net of every booking that may not move, so
+the engine needs no ExistingBooking for them; bookings that may move (tentative ones in
+a re-optimisation) come as TENTATIVE ExistingBookings together with their referrals.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from common.v1 import types_pb2
+from referral.v1 import types_pb2 as rtypes
+from services.scheduling import engine
+from services.scheduling.adapters import repository as repo
+from services.scheduling.domain import calendar
+from services.scheduling.domain.beds import BedStatus, first_bookable_night
+
+_URGENCY = {types_pb2.URGENCY_EMERGENCY: engine.Urgency.EMERGENCY,
+            types_pb2.URGENCY_URGENT: engine.Urgency.URGENT}
+_GENDER = {rtypes.GENDER_MALE: engine.Gender.MALE, rtypes.GENDER_FEMALE: engine.Gender.FEMALE}
+_POLICY = {"MALE": engine.GenderPolicy.MALE_ONLY, "FEMALE": engine.GenderPolicy.FEMALE_ONLY,
+           "SAME_GENDER": engine.GenderPolicy.SAME_PER_NIGHT, "ANY": engine.GenderPolicy.ANY}
+_POOL = {"reserved": engine.Pool.RESERVED, "overflow": engine.Pool.OVERFLOW}
+
+
+@dataclass
+class Horizon:
+    today: date
+    days: int
+
+    @property
+    def start(self) -> datetime:
+        return calendar.at(self.today, 0)
+
+    @property
+    def end(self) -> datetime:
+        return calendar.at(self.today + timedelta(days=self.days), 0)
+
+    def index(self, day: date) -> int:
+        return calendar.day_index(self.today, day)
+
+    def date(self, index: int) -> date:
+        return calendar.day_at(self.today, index)
+
+
+@dataclass
+class Demand:
+    """A referral as the engine sees it, and how its engine item ids map to need ids."""
+    referral: engine.Referral
+    need_of_item: dict[str, str] = field(default_factory=dict)
+    gender: str | None = None
+
+
+def referral_demand(snapshot: rtypes.ReferralSnapshot, accepted_at: datetime, horizon: Horizon,
+                    prep_days: dict[str, int], available: list[types_pb2.Date] | None = None) -> Demand:
+    need_of_item: dict[str, str] = {}
+    consultation = None
+    exams: list[engine.ExamNeed] = []
+    admission = None
+    for need in snapshot.needs:
+        kind = need.WhichOneof("kind")
+        if kind == "consultation" and consultation is None:
+            c = need.consultation
+            consultation = engine.ConsultationNeed(
+                department=c.department, preferred_doctor_id=c.doctor_id or None,
+                preferred_title=engine.Title.EXPERT if c.expert else None)
+            need_of_item[engine.CONSULTATION_ITEM_ID] = need.need_id
+        elif kind == "exam":
+            exams.append(engine.ExamNeed(
+                item_id=need.need_id, modality=need.exam.modality,
+                preparation_days=prep_days.get(need.exam.modality, 0),
+                recognised_prior_result=need.covered_by_prior_result))
+            need_of_item[need.need_id] = need.need_id
+        elif kind == "admission" and admission is None:
+            a = need.admission
+            admission = engine.AdmissionNeed(
+                nights=max(1, a.expected_nights), department=a.department or None,
+                required_equipment=frozenset(a.required_equipment),
+                preferred_equipment=frozenset(a.preferred_equipment))
+            need_of_item[engine.ADMISSION_ITEM_ID] = need.need_id
+    dates = available if available is not None else list(snapshot.available_dates)
+    if dates:
+        days = frozenset(i for d in dates
+                         if 0 <= (i := horizon.index(date(d.year, d.month, d.day))) < horizon.days)
+    else:
+        days = frozenset(range(horizon.days))
+    gender = _GENDER.get(snapshot.patient.gender)
+    referral = engine.Referral(
+        referral_id=snapshot.referral_id, clinic_id=snapshot.sending_institution_id,
+        clinic_distance_km=max(0.0, snapshot.clinic_distance_km),
+        urgency=_URGENCY.get(snapshot.urgency, engine.Urgency.ROUTINE),
+        accepted_day=min(0, horizon.index(calendar.local_date(accepted_at))),
+        available_days=days, green_channel=snapshot.green_channel, consultation=consultation,
+        exams=tuple(exams), admission=admission, patient_gender=gender,
+        patient_age=snapshot.patient.age_years or None)
+    return Demand(referral, need_of_item, gender.value if gender else None)
+
+
+@dataclass
+class Capacity:
+    outpatient: tuple[engine.OutpatientSlot, ...]
+    exams: tuple[engine.ExamSlot, ...]
+    departments: tuple[engine.Department, ...]
+    rooms: tuple[engine.Room, ...]
+    beds: tuple[engine.Bed, ...]
+    prep_days: dict[str, int]
+
+
+async def load_capacity(conn, hospital_id: str, horizon: Horizon, now: datetime,
+                        movable: list[str]) -> Capacity:
+    outpatient = []
+    for r in await repo.outpatient_capacity(conn, hospital_id, now, horizon.end, movable):
+        if r["reserved_free"] + r["overflow_free"] <= 0:
+            continue
+        outpatient.append(engine.OutpatientSlot(
+            slot_id=r["slot_id"], session_id=r["session_id"], department=r["department"],
+            doctor_id=r["doctor_id"], title=engine.Title(r["title"]),
+            day=horizon.index(calendar.local_date(r["start_at"])), start_minute=calendar.minute_of(r["start_at"]),
+            length_minutes=r["length_minutes"], reserved_places=r["reserved_free"],
+            overflow_places=r["overflow_free"]))
+    exams = tuple(engine.ExamSlot(
+        slot_id=r["slot_id"], modality=r["modality"], device_id=r["device_id"], room=r["room"],
+        day=horizon.index(calendar.local_date(r["start_at"])), start_minute=calendar.minute_of(r["start_at"]),
+        length_minutes=r["length_minutes"], pool=_POOL[r["pool"]])
+        for r in await repo.exam_capacity(conn, hospital_id, now, horizon.end, movable))
+    departments: dict[str, engine.Department] = {}
+    rooms: dict[str, engine.Room] = {}
+    beds = []
+    last = horizon.date(horizon.days - 1)
+    taken: dict[str, set[int]] = {}
+    genders: dict[str, set[tuple[int, engine.Gender]]] = {}
+    for n in await repo.bed_nights(conn, hospital_id, horizon.today, last, movable):
+        idx = horizon.index(n["night"])
+        taken.setdefault(n["bed_id"], set()).add(idx)
+        if n["gender"]:
+            genders.setdefault(n["room_id"], set()).add((idx, engine.Gender(n["gender"])))
+    for b in await repo.beds(conn, hospital_id):
+        # Rooms key their ward as the engine's "department" so age limits and
+        # specialisms are per ward; the admission's department is matched through it.
+        dept_id = b["department"]
+        if dept_id not in departments:
+            departments[dept_id] = engine.Department(
+                dept_id, min_age=b["min_age"], max_age=b["max_age"],
+                specialisms=tuple((s, i + 1) for i, s in enumerate(b["specialisms"])))
+        if b["room_id"] not in rooms:
+            rooms[b["room_id"]] = engine.Room(
+                b["room_id"], dept_id, b["capacity"], _POLICY[b["gender_policy"]], frozenset(b["equipment"]),
+                tuple(sorted(genders.get(b["room_id"], ()))))
+        first = first_bookable_night(BedStatus(b["status"]), b["expected_discharge"], horizon.today)
+        if first is None:
+            continue
+        nights = frozenset(i for i in range(horizon.index(first), horizon.days)
+                           if i not in taken.get(b["bed_id"], ()))
+        if nights:
+            beds.append(engine.Bed(b["bed_id"], b["room_id"], _POOL[b["pool"]], nights))
+    return Capacity(tuple(outpatient), exams, tuple(departments.values()), tuple(rooms.values()), tuple(beds),
+                    await repo.preparation_days(conn, hospital_id))
+
+
+def problem(horizon: Horizon, capacity: Capacity, demands: list[Demand],
+            existing: tuple[engine.ExistingBooking, ...] = (),
+            quotas: dict[str, int] | None = None) -> engine.Problem:
+    return engine.Problem(
+        horizon_days=horizon.days, referrals=tuple(d.referral for d in demands),
+        outpatient_slots=capacity.outpatient, exam_slots=capacity.exams, departments=capacity.departments,
+        rooms=capacity.rooms, beds=capacity.beds, existing=existing,
+        quotas=tuple(engine.ClinicQuota(c, p) for c, p in sorted((quotas or {}).items())))
+
+
+def solve(prob: engine.Problem, time_limit: float, workers: int) -> engine.Solution:
+    return engine.solve(prob, engine.SolverParams(time_limit_seconds=time_limit, num_workers=workers))
+
+
+async def existing_of(conn, booking_id: str, referral_id: str, horizon: Horizon) -> list[engine.ExistingBooking]:
+    """A tentative booking's items as the engine's anchors."""
+    out = []
+    for it in await repo.items(conn, booking_id):
+        if it["kind"] == "ADMISSION":
+            out.append(engine.ExistingBooking(referral_id, "admission", it["bed_id"], engine.BookingState.TENTATIVE,
+                                              start_night=horizon.index(it["first_night"]), nights=it["nights"]))
+        else:
+            out.append(engine.ExistingBooking(referral_id, it["engine_item_id"], it["slot_id"],
+                                              engine.BookingState.TENTATIVE))
+    return out

@@ -1,0 +1,56 @@
+"""Validation and scope: bad input changes nothing; others' resources do not exist."""
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from scheduling.v1 import scheduling_service_pb2 as pb
+from services.common.auth import Role
+
+from .conftest import session, timedelta, today
+
+
+def _violations(err) -> set[str]:
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    return {v.field for v in bad.field_violations}
+    return set()
+
+
+async def test_bad_sessions_are_rejected_whole(stack, app, stub, hospital):
+    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
+    good = session(f"{hospital}-OK", today() + timedelta(days=1))
+    bad = session(f"{hospital}-BAD", today() + timedelta(days=1), start="11:00", end="10:00", slot=2)
+    bad.reserved_places = 2  # below the 30 % floor of 20
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[good, bad]), metadata=desk)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {"sessions[1].slot_minutes", "sessions[1].reserved_places"} <= _violations(err.value)
+    async with app.ctx.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM sessions WHERE hospital_id = $1", hospital) == 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=pb.ReservationPolicy(
+            hospital_id=hospital, resource_type=pb.RESOURCE_TYPE_OUTPATIENT, reserved_share=0.1)), metadata=desk)
+    assert "policy.reserved_share" in _violations(err.value)
+
+
+async def test_scope_and_roles(stack, app, stub, hospital):
+    request = pb.PublishSessionsRequest(hospital_id=hospital, sessions=[session(f"{hospital}-S", today() + timedelta(days=1), reserved=0)])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.PublishSessions(request, metadata=stack.metadata("OTHER", Role.REFERRAL_DESK))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.PublishSessions(request, metadata=stack.metadata("CLINIC01", Role.CLINIC_DOCTOR))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetBooking(pb.GetBookingRequest(name="bookings/" + "0" * 32),
+                              metadata=stack.metadata(hospital, Role.REFERRAL_DESK))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # Republishing the same sessions is harmless.
+    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
+    one = await stub.PublishSessions(request, metadata=desk)
+    two = await stub.PublishSessions(request, metadata=desk)
+    assert one == two and one.reserved_places == 6

@@ -1,0 +1,77 @@
+"""Pure rules of the scheduling service: policy, calendar, bed board, preparation."""
+from datetime import date, datetime, timedelta
+
+import pytest
+
+from services.scheduling.domain import calendar, preparation
+from services.scheduling.domain.beds import BedStatus, IllegalTransition, can_hold, first_bookable_night, transition
+from services.scheduling.domain.policy import ReservationPolicy, distribute, spread
+
+
+@pytest.mark.parametrize("total,expert,expected", [(20, False, 6), (10, False, 3), (1, False, 1), (7, True, 5)])
+def test_minimum_reserved_uses_share_and_expert_floor(total, expert, expected):
+    policy = ReservationPolicy("H", "outpatient", reserved_share=0.3, expert_floor_share=0.6)
+    assert policy.minimum_reserved(total, expert) == expected
+
+
+def test_release_deadline_is_hours_before_start():
+    policy = ReservationPolicy("H", "outpatient", release_hours=24)
+    start = calendar.at(date(2026, 12, 3), 8 * 60)
+    assert policy.release_at(start) == start - timedelta(hours=24)
+    assert not policy.is_due(start, start - timedelta(hours=25))
+    assert policy.is_due(start, start - timedelta(hours=24))
+
+
+def test_spread_and_distribute_cover_the_whole_day():
+    assert spread(3, 12) == [0, 4, 8]
+    assert spread(0, 5) == [] and spread(9, 3) == [0, 1, 2]
+    assert distribute(10, 8) == [2, 1, 1, 1, 2, 1, 1, 1]
+    assert sum(distribute(13, 5)) == 13
+
+
+def test_calendar_cuts_sessions_and_maps_local_time():
+    assert calendar.parse_hhmm("08:30") == 510 and calendar.parse_hhmm("8:30") is None
+    assert calendar.parse_hhmm("24:00") is None
+    assert calendar.cut(480, 720, 30) == list(range(480, 720, 30))
+    assert calendar.cut(480, 500, 30) == []
+    moment = calendar.at(date(2026, 12, 3), 23 * 60 + 30)
+    assert calendar.local_date(moment.astimezone(calendar.LOCAL)) == date(2026, 12, 3)
+    assert moment.utcoffset() == timedelta(hours=8) and calendar.minute_of(moment) == 1410
+
+
+@pytest.mark.parametrize("current,target", [
+    (BedStatus.FREE, BedStatus.OCCUPIED), (BedStatus.OCCUPIED, BedStatus.CLEANING),
+    (BedStatus.CLEANING, BedStatus.FREE), (BedStatus.BLOCKED, BedStatus.FREE), (BedStatus.HELD, BedStatus.OCCUPIED),
+    (BedStatus.FREE, BedStatus.FREE)])
+def test_legal_bed_transitions(current, target):
+    assert transition(current, target) == target
+
+
+@pytest.mark.parametrize("current,target", [
+    (BedStatus.HELD, BedStatus.CLEANING), (BedStatus.HELD, BedStatus.FREE), (BedStatus.CLEANING, BedStatus.OCCUPIED),
+    (BedStatus.FREE, BedStatus.HELD), (BedStatus.HELD, BedStatus.HELD)])
+def test_illegal_bed_transitions_explain_in_chinese(current, target):
+    with pytest.raises(IllegalTransition, match="床位状态不能"):
+        transition(current, target)
+
+
+def test_bookable_nights_follow_the_board():
+    today = date(2026, 12, 1)
+    assert first_bookable_night(BedStatus.FREE, None, today) == today
+    assert first_bookable_night(BedStatus.OCCUPIED, date(2026, 12, 4), today) == date(2026, 12, 4)
+    assert first_bookable_night(BedStatus.OCCUPIED, date(2026, 11, 20), today) == today
+    assert first_bookable_night(BedStatus.OCCUPIED, None, today) is None
+    assert first_bookable_night(BedStatus.CLEANING, None, today) is None
+    assert can_hold(BedStatus.FREE) and not can_hold(BedStatus.CLEANING)
+
+
+def test_exam_preparation_texts():
+    text = preparation.exam_preparation("CT", 8, True, 30, 0)
+    assert text == "检查前8小时禁食；增强CT需携带近30天内肾功能结果"
+    assert preparation.exam_preparation("ENDOSCOPY", 0, False, 0, 1, "检查前一天晚餐后服用泻药") == \
+        "需提前1天按医嘱做检查前准备；检查前一天晚餐后服用泻药"
+    assert preparation.exam_preparation("US", 0, False, 0, 0) == ""
+
+
+def test_now_is_local():
+    assert datetime.now(calendar.LOCAL).utcoffset() == timedelta(hours=8)
