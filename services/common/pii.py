@@ -15,6 +15,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+# The context under which a mobile number travels in events (PatientSummary.mobile_ciphertext)
+# and rests in notify's contacts: one constant, so producer and consumer cannot drift apart.
+MOBILE_CONTEXT = "mobile"
+
 
 class PiiCipher:
     def __init__(self, keys: dict[str, bytes], hash_key: bytes) -> None:

@@ -70,6 +70,21 @@ class TestStack:
             await conn.close()
         await db.migrate(self.database_url, service, service)
 
+    async def reset_streams(self) -> None:
+        """Empty every service stream and drop its durable consumers, so a test module's
+        services see only the events it publishes (the streams live for the session)."""
+        from services.common import messaging
+
+        broker = await messaging.Broker.connect(self.nats_url, name="test-reset")
+        try:
+            await broker.ensure_streams()
+            for stream in messaging.STREAMS.values():
+                for info in await broker.js.consumers_info(stream):
+                    await broker.js.delete_consumer(stream, info.name)
+                await broker.js.purge_stream(stream)
+        finally:
+            await broker.close()
+
     def spawn(self, module: str, name: str, *args: str, **env: str) -> subprocess.Popen:
         """Run `python -m module args` with its log in the session's log folder."""
         log = open(self.log_dir / f"{name}.log", "ab")

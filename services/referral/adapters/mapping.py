@@ -7,7 +7,7 @@ from google.protobuf import timestamp_pb2
 
 from common.v1 import types_pb2 as common_pb2
 from referral.v1 import events_pb2, referral_service_pb2 as api, types_pb2
-from services.common.pii import PiiCipher
+from services.common.pii import MOBILE_CONTEXT, PiiCipher
 from services.referral.domain import model
 from services.referral.domain.model import Referral
 from services.referral.domain.validators import age_on
@@ -140,8 +140,8 @@ def referral_proto(r: Referral, today: date) -> api.Referral:
 
 def snapshot(r: Referral, pii: PiiCipher, today: date) -> types_pb2.ReferralSnapshot:
     p = r.patient
-    # The mobile is re-sealed without a column context so that notify can open it with the
-    # shared key alone; at rest it is bound to its column.
+    # The mobile is re-sealed under the shared event context so that notify can open it;
+    # at rest here it stays bound to its own column.
     mobile = pii.decrypt(p.mobile_ciphertext, "referral.mobile")
     return types_pb2.ReferralSnapshot(
         referral_id=r.id, direction=int(r.direction), sending_institution_id=r.sending_institution_id,
@@ -149,7 +149,7 @@ def snapshot(r: Referral, pii: PiiCipher, today: date) -> types_pb2.ReferralSnap
         green_channel=r.green_channel, state=int(r.state),
         patient=types_pb2.PatientSummary(patient_id=p.patient_id, name_masked=p.name_masked, gender=p.gender,
                                          age_years=age_on(p.birth_date, today),
-                                         mobile_ciphertext=pii.encrypt(mobile), wechat_openid=p.wechat_openid),
+                                         mobile_ciphertext=pii.encrypt(mobile, MOBILE_CONTEXT), wechat_openid=p.wechat_openid),
         needs=[need_proto(n) for n in r.needs], available_dates=[pdate(d) for d in r.available_dates],
         episode_id=r.billing.episode_id if r.billing else "", clinic_distance_km=r.clinic_distance_km,
         department=r.department, purpose=int(r.purpose), billing=billing_proto(r.billing),

@@ -1,0 +1,298 @@
+"""asyncpg repository of the notify schema. Every function runs on the caller's connection
+(and so inside the caller's transaction); no function opens one itself."""
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from services.notify.domain.model import (
+    Appointment,
+    Channel,
+    Contact,
+    DeliveryStatus,
+    Place,
+    Route,
+)
+
+# --------------------------------------------------------------------- contacts
+
+
+async def upsert_contact_from_event(conn: asyncpg.Connection, patient_id: str, *, mobile_ciphertext: str,
+                                    mobile_hash: str, mobile_masked: str, wechat_openid: str) -> None:
+    """The referral service's latest contact data; preferences set through the API stay."""
+    await conn.execute(
+        """INSERT INTO contacts (patient_id, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
+           VALUES ($1, NULLIF($2, ''), NULLIF($3, ''), NULLIF($4, ''), NULLIF($5, ''))
+           ON CONFLICT (patient_id) DO UPDATE SET
+             mobile_ciphertext = COALESCE(EXCLUDED.mobile_ciphertext, contacts.mobile_ciphertext),
+             mobile_hash = COALESCE(EXCLUDED.mobile_hash, contacts.mobile_hash),
+             mobile_masked = COALESCE(EXCLUDED.mobile_masked, contacts.mobile_masked),
+             -- a new openid is a new subscription: an earlier refusal no longer applies
+             wechat_refused_at = CASE WHEN EXCLUDED.wechat_openid IS DISTINCT FROM contacts.wechat_openid
+                                       AND EXCLUDED.wechat_openid IS NOT NULL
+                                      THEN NULL ELSE contacts.wechat_refused_at END,
+             wechat_openid = COALESCE(EXCLUDED.wechat_openid, contacts.wechat_openid),
+             updated_at = now()""",
+        patient_id, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
+
+
+async def save_preferences(conn: asyncpg.Connection, patient_id: str, *, channels: Sequence[Channel],
+                           wechat_openid: str, consent: bool, opt_out_non_essential: bool,
+                           urgent_ignores_quiet_hours: bool, set_by: str,
+                           mobile: tuple[str, str, str] | None) -> asyncpg.Record:
+    ciphertext, mobile_hash, masked = mobile or (None, None, None)
+    return await conn.fetchrow(
+        """INSERT INTO contacts (patient_id, channels, wechat_openid, consent, opt_out_non_essential,
+                                 urgent_ignores_quiet_hours, preferences_set_by,
+                                 mobile_ciphertext, mobile_hash, mobile_masked)
+           VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9, $10)
+           ON CONFLICT (patient_id) DO UPDATE SET
+             channels = EXCLUDED.channels,
+             wechat_refused_at = CASE WHEN EXCLUDED.wechat_openid IS DISTINCT FROM contacts.wechat_openid
+                                 THEN NULL ELSE contacts.wechat_refused_at END,
+             wechat_openid = EXCLUDED.wechat_openid, consent = EXCLUDED.consent,
+             opt_out_non_essential = EXCLUDED.opt_out_non_essential,
+             urgent_ignores_quiet_hours = EXCLUDED.urgent_ignores_quiet_hours,
+             preferences_set_by = EXCLUDED.preferences_set_by,
+             mobile_ciphertext = COALESCE(EXCLUDED.mobile_ciphertext, contacts.mobile_ciphertext),
+             mobile_hash = COALESCE(EXCLUDED.mobile_hash, contacts.mobile_hash),
+             mobile_masked = COALESCE(EXCLUDED.mobile_masked, contacts.mobile_masked),
+             updated_at = now()
+           RETURNING *""",
+        patient_id, [c.value for c in channels], wechat_openid, consent, opt_out_non_essential,
+        urgent_ignores_quiet_hours, set_by, ciphertext, mobile_hash, masked)
+
+
+async def contact_row(conn: asyncpg.Connection, patient_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM contacts WHERE patient_id = $1", patient_id)
+
+
+def contact_from(row: asyncpg.Record | None, patient_id: str) -> Contact:
+    if row is None:
+        return Contact(patient_id=patient_id)
+    return Contact(
+        patient_id=patient_id, has_mobile=bool(row["mobile_ciphertext"]),
+        wechat_openid=row["wechat_openid"] or "", wechat_refused=row["wechat_refused_at"] is not None,
+        consent=row["consent"], opt_out_non_essential=row["opt_out_non_essential"],
+        urgent_ignores_quiet_hours=row["urgent_ignores_quiet_hours"],
+        channels=tuple(Channel(c) for c in row["channels"]))
+
+
+async def mark_wechat_refused(conn: asyncpg.Connection, patient_id: str, at: datetime) -> None:
+    await conn.execute("UPDATE contacts SET wechat_refused_at = $2, updated_at = now() WHERE patient_id = $1",
+                       patient_id, at)
+
+
+# --------------------------------------------------------------------- routes
+
+
+async def upsert_route(conn: asyncpg.Connection, route: Route, sender_id: str, receiver_id: str) -> None:
+    await conn.execute(
+        """INSERT INTO referral_routes (referral_id, patient_id, hospital_id, clinic_id, sender_id,
+                                        receiver_id, department, urgent)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
+           ON CONFLICT (referral_id) DO UPDATE SET patient_id = EXCLUDED.patient_id,
+             hospital_id = EXCLUDED.hospital_id, clinic_id = EXCLUDED.clinic_id,
+             sender_id = EXCLUDED.sender_id, receiver_id = EXCLUDED.receiver_id,
+             department = EXCLUDED.department, urgent = EXCLUDED.urgent, updated_at = now()""",
+        route.referral_id, route.patient_id, route.hospital_id, route.clinic_id, sender_id, receiver_id,
+        route.department, route.urgent)
+
+
+async def get_route(conn: asyncpg.Connection, referral_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM referral_routes WHERE referral_id = $1", referral_id)
+
+
+def route_from(row: asyncpg.Record) -> Route:
+    return Route(referral_id=row["referral_id"], patient_id=row["patient_id"], hospital_id=row["hospital_id"],
+                 clinic_id=row["clinic_id"], department=row["department"], urgent=row["urgent"])
+
+
+# --------------------------------------------------------------------- appointments
+
+
+def _appt_json(appt: Appointment) -> str:
+    data = asdict(appt)
+    data["start"] = appt.start.isoformat()
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _appt_from(raw: str) -> Appointment:
+    data = json.loads(raw)
+    data["start"] = datetime.fromisoformat(data["start"])
+    data["place"] = Place(**data["place"])
+    return Appointment(**data)
+
+
+async def save_appointments(conn: asyncpg.Connection, booking_id: str, referral_id: str,
+                            items: Sequence[Appointment]) -> None:
+    await conn.execute("UPDATE appointments SET current = false WHERE booking_id = $1", booking_id)
+    for appt in items:
+        await conn.execute(
+            """INSERT INTO appointments (booking_id, item_id, referral_id, details, start_at, current)
+               VALUES ($1,$2,$3,$4::jsonb,$5,true)
+               ON CONFLICT (booking_id, item_id) DO UPDATE SET details = EXCLUDED.details,
+                 start_at = EXCLUDED.start_at, current = true""",
+            booking_id, appt.item_id, referral_id, _appt_json(appt), appt.start)
+
+
+async def current_appointments(conn: asyncpg.Connection, booking_id: str) -> list[Appointment]:
+    rows = await conn.fetch("SELECT details FROM appointments WHERE booking_id = $1 AND current "
+                            "ORDER BY start_at", booking_id)
+    return [_appt_from(r["details"]) for r in rows]
+
+
+async def drop_appointments(conn: asyncpg.Connection, *, booking_id: str = "", referral_id: str = "") -> None:
+    await conn.execute("UPDATE appointments SET current = false WHERE booking_id = $1 OR referral_id = $2",
+                       booking_id, referral_id)
+
+
+# --------------------------------------------------------------------- notifications
+
+
+async def insert_notification(conn: asyncpg.Connection, *, event_id: str, recipient: str, template: str,
+                              part: str, version: int, route: Route, booking_id: str, essential: bool,
+                              urgent: bool, reminder: bool, params: dict, text: str,
+                              channel_plan: Sequence[Channel], skip_reason: str | None,
+                              expires_at: datetime | None) -> uuid.UUID | None:
+    """The new notification's id, or None when this (event, recipient, template, part) exists."""
+    return await conn.fetchval(
+        """INSERT INTO notifications (id, event_id, recipient, template, part, template_version, referral_id,
+             hospital_id, clinic_id, booking_id, essential, urgent, reminder, params, text, channel_plan,
+             skip_reason, expires_at)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14::jsonb,$15,$16,$17,$18)
+           ON CONFLICT (event_id, recipient, template, part) DO NOTHING RETURNING id""",
+        uuid.uuid4(), event_id, recipient, template, part, version, route.referral_id, route.hospital_id,
+        route.clinic_id, booking_id, essential, urgent, reminder, json.dumps(params, ensure_ascii=False),
+        text, [c.value for c in channel_plan], skip_reason, expires_at)
+
+
+async def notification_id_for(conn: asyncpg.Connection, event_id: str, recipient: str, template: str,
+                              part: str) -> uuid.UUID | None:
+    return await conn.fetchval("SELECT id FROM notifications WHERE event_id=$1 AND recipient=$2 AND template=$3 "
+                               "AND part=$4", event_id, recipient, template, part)
+
+
+async def insert_delivery(conn: asyncpg.Connection, notification_id: uuid.UUID, channel: Channel, vendor: str,
+                          due_at: datetime) -> uuid.UUID:
+    delivery_id = uuid.uuid4()
+    await conn.execute(
+        "INSERT INTO deliveries (id, notification_id, channel, vendor, status, due_at) VALUES ($1,$2,$3,$4,$5,$6)",
+        delivery_id, notification_id, channel.value, vendor, DeliveryStatus.PENDING.value, due_at)
+    return delivery_id
+
+
+async def cancel_pending_reminders(conn: asyncpg.Connection, *, booking_ids: Sequence[str] = (),
+                                   referral_id: str = "", reason: str) -> int:
+    result = await conn.execute(
+        """UPDATE deliveries d SET status = 'CANCELLED', status_reason = $3, updated_at = now()
+           FROM notifications n
+           WHERE d.notification_id = n.id AND n.reminder AND d.status IN ('PENDING', 'SENDING')
+             AND (n.booking_id = ANY($1::text[]) OR n.referral_id = $2)""",
+        list(booking_ids), referral_id, reason)
+    return int(result.split()[-1])
+
+
+# --------------------------------------------------------------------- dispatch
+
+
+async def claim_due(conn: asyncpg.Connection, now: datetime, lease: timedelta, limit: int) -> list[asyncpg.Record]:
+    """Due deliveries, and ones whose sender died mid-call (lease over), become SENDING."""
+    return await conn.fetch(
+        """UPDATE deliveries d SET status = 'SENDING', lease_until = $2, attempts = d.attempts + 1,
+                                  updated_at = now()
+           WHERE d.id IN (SELECT id FROM deliveries
+                          WHERE (status = 'PENDING' AND due_at <= $1) OR (status = 'SENDING' AND lease_until < $1)
+                          ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+           RETURNING d.*""",
+        now, now + lease, limit)
+
+
+async def load_for_send(conn: asyncpg.Connection, notification_id: uuid.UUID) -> asyncpg.Record:
+    return await conn.fetchrow(
+        """SELECT n.*, c.mobile_ciphertext, c.mobile_hash AS contact_mobile_hash, c.wechat_openid,
+                  c.wechat_refused_at, c.consent, c.opt_out_non_essential, c.urgent_ignores_quiet_hours,
+                  c.channels AS contact_channels
+           FROM notifications n LEFT JOIN contacts c ON c.patient_id = n.recipient WHERE n.id = $1""",
+        notification_id)
+
+
+async def sms_sends_since(conn: asyncpg.Connection, mobile_hash: str, since: datetime,
+                          exclude: uuid.UUID) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT d.sent_at, n.template FROM deliveries d JOIN notifications n ON n.id = d.notification_id
+           WHERE d.channel = 'sms' AND d.mobile_hash = $1 AND d.sent_at >= $2 AND d.id <> $3""",
+        mobile_hash, since, exclude)
+
+
+async def reschedule(conn: asyncpg.Connection, delivery_id: uuid.UUID, due_at: datetime, *, reason: str,
+                     vendor_code: str | None = None, count_attempt: bool = True) -> bool:
+    result = await conn.execute(
+        """UPDATE deliveries SET status = 'PENDING', due_at = $2, lease_until = NULL, status_reason = $3,
+                  vendor_code = COALESCE($4, vendor_code),
+                  attempts = CASE WHEN $5 THEN attempts ELSE attempts - 1 END, updated_at = now()
+           WHERE id = $1 AND status = 'SENDING'""",
+        delivery_id, due_at, reason, vendor_code, count_attempt)
+    return result.endswith(" 1")
+
+
+async def finish(conn: asyncpg.Connection, delivery_id: uuid.UUID, status: DeliveryStatus, *, reason: str = "",
+                 vendor_code: str | None = None, vendor_message_id: str | None = None,
+                 sent_at: datetime | None = None, mobile_hash: str | None = None) -> bool:
+    """SENDING -> SENT / FAILED / CANCELLED / FELL_BACK; False if someone else already moved it."""
+    result = await conn.execute(
+        """UPDATE deliveries SET status = $2, status_reason = NULLIF($3, ''),
+                  vendor_code = COALESCE($4, vendor_code), vendor_message_id = COALESCE($5, vendor_message_id),
+                  sent_at = COALESCE($6, sent_at), mobile_hash = COALESCE($7, mobile_hash),
+                  lease_until = NULL, updated_at = now()
+           WHERE id = $1 AND status = 'SENDING'""",
+        delivery_id, status.value, reason, vendor_code, vendor_message_id, sent_at, mobile_hash)
+    return result.endswith(" 1")
+
+
+# --------------------------------------------------------------------- receipts
+
+
+async def record_receipt(conn: asyncpg.Connection, *, vendor: str, vendor_message_id: str, phone_hash: str,
+                         code: str, delivered: bool) -> bool:
+    return bool(await conn.fetchval(
+        """INSERT INTO receipts (vendor, vendor_message_id, phone_hash, code, delivered)
+           VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING RETURNING true""",
+        vendor, vendor_message_id, phone_hash, code, delivered))
+
+
+async def find_delivery_for_receipt(conn: asyncpg.Connection, vendor: str, vendor_message_id: str,
+                                    out_id: str | None) -> asyncpg.Record | None:
+    if out_id:
+        try:
+            row = await conn.fetchrow("SELECT * FROM deliveries WHERE id = $1 FOR UPDATE", uuid.UUID(out_id))
+        except ValueError:
+            row = None
+        if row is not None:
+            return row
+    return await conn.fetchrow("SELECT * FROM deliveries WHERE vendor = $1 AND vendor_message_id = $2 FOR UPDATE",
+                               vendor, vendor_message_id)
+
+
+async def apply_receipt(conn: asyncpg.Connection, delivery_id: uuid.UUID, delivered: bool, code: str,
+                        at: datetime) -> bool:
+    """SENT -> DELIVERED | FAILED; a receipt for anything else changes nothing."""
+    result = await conn.execute(
+        """UPDATE deliveries SET status = $2::text,
+                  delivered_at = CASE WHEN $2::text = 'DELIVERED' THEN $4::timestamptz END,
+                  status_reason = CASE WHEN $2::text = 'FAILED' THEN 'receipt: ' || $3::text ELSE status_reason END,
+                  updated_at = now()
+           WHERE id = $1 AND status IN ('SENT', 'SENDING')""",
+        delivery_id, "DELIVERED" if delivered else "FAILED", code, at)
+    return result.endswith(" 1")
+
+
+async def link_receipt(conn: asyncpg.Connection, vendor: str, vendor_message_id: str, phone_hash: str,
+                       code: str, delivery_id: uuid.UUID) -> None:
+    await conn.execute("UPDATE receipts SET delivery_id = $5 WHERE vendor=$1 AND vendor_message_id=$2 "
+                       "AND phone_hash=$3 AND code=$4", vendor, vendor_message_id, phone_hash, code, delivery_id)

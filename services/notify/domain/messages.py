@@ -1,0 +1,176 @@
+"""What each referral or scheduling event means for the patient and for the clinic."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from services.notify.domain.model import (
+    SHANGHAI,
+    Appointment,
+    ClinicUpdate,
+    EventPlan,
+    PlannedMessage,
+    Route,
+)
+from services.notify.domain.templates import Catalogue
+
+DEFAULT_BRING = "身份证、医保卡、既往检查结果"
+NO_PREPARATION = "无需特殊准备"
+# A change this close to the appointment cannot wait for the morning.
+SOON = timedelta(hours=12)
+
+
+@dataclass(frozen=True)
+class ReminderRules:
+    day_before_at: tuple[int, int] = (18, 0)  # local time on the previous day
+    before: timedelta = timedelta(hours=2)
+
+
+def day(moment: datetime) -> str:
+    local = moment.astimezone(SHANGHAI)
+    return f"{local.year}年{local.month}月{local.day}日"
+
+
+def short_day(moment: datetime) -> str:
+    local = moment.astimezone(SHANGHAI)
+    return f"{local.month}月{local.day}日"
+
+
+def clock_time(moment: datetime) -> str:
+    return moment.astimezone(SHANGHAI).strftime("%H:%M")
+
+
+def where(appt: Appointment) -> str:
+    return f"{appt.place.building}{appt.place.floor}"
+
+
+class Planner:
+    def __init__(self, catalogue: Catalogue, reminders: ReminderRules | None = None) -> None:
+        self.catalogue = catalogue
+        self.rules = reminders or ReminderRules()
+
+    # ------------------------------------------------------------- values
+
+    def _base(self, route: Route) -> dict[str, str]:
+        return {"referral_id": route.referral_id, "dept": self.catalogue.department(route.department)}
+
+    def appointment_values(self, route: Route, appt: Appointment, bring: str) -> dict[str, str]:
+        room = appt.place.room or (self.catalogue.department(appt.department) if appt.kind == "consultation"
+                                   else self.catalogue.modality(appt.modality))
+        return {**self._base(route), "date": short_day(appt.start), "time": clock_time(appt.start),
+                "when": f"{day(appt.start)} {clock_time(appt.start)}", "day": day(appt.start),
+                "hospital": appt.place.hospital or "医院", "place": where(appt) or "门诊大厅",
+                "room": room, "ward": appt.ward or appt.place.room or "病区",
+                "bring": bring or DEFAULT_BRING, "prep": appt.preparation or NO_PREPARATION}
+
+    def _urgent(self, route: Route, start: datetime | None, now: datetime) -> bool:
+        return route.urgent or (start is not None and start - now < SOON)
+
+    # ------------------------------------------------------------- referral events
+
+    def referral_status(self, route: Route, status: str, reason: str = "") -> EventPlan:
+        """ACCEPTED, RETURNED, REJECTED or CANCELLED."""
+        template = {"ACCEPTED": "referral_accepted", "RETURNED": "referral_returned",
+                    "REJECTED": "referral_rejected", "CANCELLED": "referral_cancelled"}[status]
+        words = {"ACCEPTED": "已接收", "RETURNED": "已退回，需补充材料", "REJECTED": "未被接收",
+                 "CANCELLED": "已取消"}[status]
+        plan = EventPlan(messages=[PlannedMessage(template, self._base(route), urgent=route.urgent)],
+                         clinic=ClinicUpdate(status, f"转诊{words}", reason=reason))
+        plan.cancel_reminders_of_referral = status == "CANCELLED"
+        return plan
+
+    def down_referral(self, route: Route, clinic_name: str, clinic_address: str,
+                      follow_up: datetime | None) -> EventPlan:
+        values = {**self._base(route), "clinic": clinic_name or "签约基层医疗机构",
+                  "address": clinic_address or "请咨询签约医生",
+                  "followup": short_day(follow_up) if follow_up else "待签约医生通知"}
+        message = PlannedMessage("down_referral", values)
+        summary = f"下转至{values['clinic']}，首次随访{values['followup']}"
+        return EventPlan(messages=[message], clinic=ClinicUpdate(
+            "DOWN_REFERRAL", summary, appointment_time=follow_up, place=values["address"]))
+
+    # ------------------------------------------------------------- scheduling events
+
+    def _appointment_messages(self, template: str, route: Route, booking_id: str,
+                              items: Sequence[Appointment], bring: str, now: datetime) -> list[PlannedMessage]:
+        out = []
+        for appt in sorted(items, key=lambda a: a.start):
+            key = "admission_booked" if appt.kind == "admission" and template == "appointment_booked" else template
+            out.append(PlannedMessage(key, self.appointment_values(route, appt, bring), part=appt.item_id,
+                                      urgent=self._urgent(route, appt.start, now), booking_id=booking_id))
+            out.extend(self.reminders(route, booking_id, appt, bring, now))
+        return out
+
+    def reminders(self, route: Route, booking_id: str, appt: Appointment, bring: str,
+                  now: datetime) -> list[PlannedMessage]:
+        values = self.appointment_values(route, appt, bring)
+        local = appt.start.astimezone(SHANGHAI)
+        h, m = self.rules.day_before_at
+        day_before = (local - timedelta(days=1)).replace(hour=h, minute=m, second=0, microsecond=0)
+        # "Tomorrow" is wrong once the day has come: the day-before reminder expires at midnight.
+        midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        due = [("reminder_day_before", day_before, min(midnight, appt.start))]
+        if appt.kind != "admission":
+            due.append(("reminder_2h", appt.start - self.rules.before, appt.start))
+        return [PlannedMessage(t, values, part=appt.item_id, not_before=at, expires_at=expires,
+                               booking_id=booking_id, reminder=True)
+                for t, at, expires in due if now < at < expires]
+
+    def scheduled(self, route: Route, booking_id: str, items: Sequence[Appointment], bring: str,
+                  now: datetime) -> EventPlan:
+        first = min(items, key=lambda a: a.start) if items else None
+        summary = f"已预约{len(items)}项"
+        if first:
+            summary += f"，首项{day(first.start)} {clock_time(first.start)} {first.place.hospital}{where(first)}"
+        return EventPlan(
+            messages=self._appointment_messages("appointment_booked", route, booking_id, items, bring, now),
+            clinic=ClinicUpdate("SCHEDULED", summary, appointment_time=first.start if first else None,
+                                place=self._place_words(first)))
+
+    def rescheduled(self, route: Route, booking_id: str, items: Sequence[Appointment], bring: str,
+                    now: datetime, reason: str) -> EventPlan:
+        first = min(items, key=lambda a: a.start) if items else None
+        summary = "预约已改约"
+        if first:
+            summary += f"至{day(first.start)} {clock_time(first.start)}"
+        return EventPlan(
+            messages=self._appointment_messages("appointment_changed", route, booking_id, items, bring, now),
+            clinic=ClinicUpdate("RESCHEDULED", summary, appointment_time=first.start if first else None,
+                                place=self._place_words(first), reason=reason),
+            cancel_reminders_of_bookings=[booking_id])
+
+    def booking_cancelled(self, route: Route, booking_id: str, previous: Sequence[Appointment],
+                          now: datetime, reason: str) -> EventPlan:
+        first = min(previous, key=lambda a: a.start) if previous else None
+        if first:
+            values = self.appointment_values(route, first, "")
+        else:
+            values = {**self._base(route), "date": "原定", "time": "时间", "when": f"{day(now)} {clock_time(now)}",
+                      "hospital": "医院"}
+        message = PlannedMessage("appointment_cancelled", values, part=booking_id,
+                                 urgent=self._urgent(route, first.start if first else None, now),
+                                 booking_id=booking_id)
+        return EventPlan(messages=[message], clinic=ClinicUpdate("BOOKING_CANCELLED", "预约已取消", reason=reason),
+                         cancel_reminders_of_bookings=[booking_id])
+
+    def bed_ready(self, route: Route, booking_id: str, hospital: str, ward: str, bed: str,
+                  admit_by: datetime, place: str) -> EventPlan:
+        values = {**self._base(route), "hospital": hospital or "医院", "ward": ward or "病区", "bed": bed or "",
+                  "admit_by": f"{short_day(admit_by)}{clock_time(admit_by)}",
+                  "admit_when": f"{day(admit_by)} {clock_time(admit_by)}", "place": place or "住院服务中心"}
+        summary = f"床位已就绪：{values['ward']}{bed}床，{values['admit_by']}前入院"
+        return EventPlan(messages=[PlannedMessage("bed_ready", values, part=booking_id, urgent=True,
+                                                  booking_id=booking_id)],
+                         clinic=ClinicUpdate("BED_READY", summary, appointment_time=admit_by, place=place))
+
+    @staticmethod
+    def clinic_only(kind: str, summary: str, reason: str = "") -> EventPlan:
+        return EventPlan(clinic=ClinicUpdate(kind, summary, reason=reason))
+
+    @staticmethod
+    def _place_words(appt: Appointment | None) -> str:
+        if appt is None:
+            return ""
+        p = appt.place
+        return f"{p.hospital}{p.building}{p.floor}{p.room}"

@@ -1,0 +1,255 @@
+"""The durable dispatcher: claims due deliveries, calls the vendor, records the outcome.
+
+Claiming (PENDING -> SENDING with a lease) commits before the vendor call, and the
+outcome is recorded in a second transaction that only moves a delivery still SENDING.
+A sender that dies mid-call leaves a lapsed lease: the row is claimed again and sent
+again with the same correlation id (the delivery id, Aliyun OutId / Tencent
+SessionContext), so a vendor call is at-least-once and a SENT delivery never goes out again.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from notify.v1 import events_pb2
+from services.common import outbox
+from services.common.logging import get_logger
+from services.notify.adapters import repository as repo
+from services.notify.adapters.channels import SendOutcome, SendStatus, SmsMessage, WeChatMessage
+from services.notify.domain.model import MOBILE_CONTEXT, SHANGHAI, Channel, DeliveryStatus
+from services.notify.domain.policy import Caps, RetryPolicy, cap_deferral
+from services.notify.domain.templates import render
+from services.notify.service_layer.notifications import NotifyConfig, derived_id
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Channels:
+    """The vendor clients in use; a missing one makes its channel unusable."""
+    wechat: object | None = None
+    sms: object | None = None
+    sms_param_limit: int = 0
+
+    async def aclose(self) -> None:
+        for client in (self.wechat, self.sms):
+            if client is not None:
+                await client.aclose()
+
+
+@dataclass
+class DispatchSettings:
+    lease: timedelta = timedelta(seconds=60)
+    batch: int = 50
+    poll_seconds: float = 1.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    caps: Caps = field(default_factory=Caps)
+
+
+class Dispatcher:
+    def __init__(self, pool: asyncpg.Pool, cfg: NotifyConfig, channels: Channels, pii, settings: DispatchSettings,
+                 rng: random.Random | None = None) -> None:
+        self._pool = pool
+        self._cfg = cfg
+        self._channels = channels
+        self._pii = pii
+        self._s = settings
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self.sent = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                handled = await self.dispatch_once()
+                failures = 0
+                if handled >= self._s.batch:
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - database trouble: back off and go on
+                failures += 1
+                log.warning("dispatcher error", error=repr(exc), failures=failures)
+                await asyncio.sleep(min(5.0, 0.2 * 2 ** failures))
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self._s.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def dispatch_once(self) -> int:
+        now = self._cfg.clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            claimed = await repo.claim_due(conn, now, self._s.lease, self._s.batch)
+        if not claimed:
+            return 0
+        async with self._pool.acquire() as conn:
+            loaded = [(d, await repo.load_for_send(conn, d["notification_id"])) for d in claimed]
+        # One patient's messages go in order, one at a time, so the per-number caps see each send.
+        by_patient: dict[str, list] = defaultdict(list)
+        for delivery, notification in loaded:
+            by_patient[notification["recipient"]].append((delivery, notification))
+        await asyncio.gather(*(self._send_in_turn(items) for items in by_patient.values()))
+        return len(claimed)
+
+    async def _send_in_turn(self, items: list) -> None:
+        for delivery, notification in items:
+            try:
+                await self._process(delivery, notification)
+            except Exception as exc:  # noqa: BLE001 - the lease brings it back
+                log.warning("delivery failed unexpectedly", delivery_id=str(delivery["id"]), error=repr(exc))
+
+    # ----------------------------------------------------------------- one delivery
+
+    async def _process(self, d: asyncpg.Record, n: asyncpg.Record) -> None:
+        now = self._cfg.clock()
+        delivery_id = d["id"]
+        if n["expires_at"] is not None and now >= n["expires_at"]:
+            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason="expired: the appointment has begun")
+            return
+        if n["consent"] is False:
+            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason="consent withdrawn")
+            return
+        if not n["essential"] and n["opt_out_non_essential"]:
+            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason="patient opted out")
+            return
+        ignores_quiet = bool(n["urgent_ignores_quiet_hours"]) if n["urgent_ignores_quiet_hours"] is not None else True
+        if (not (n["urgent"] and ignores_quiet)) and self._cfg.quiet.contains(now):
+            await self._defer(delivery_id, self._cfg.quiet.next_allowed(now), "quiet hours", n)
+            return
+        channel = Channel(d["channel"])
+        tpl = self._cfg.catalogue.get(n["template"])
+        rendered = render(tpl, json.loads(n["params"]), sms_param_limit=self._channels.sms_param_limit)
+        mobile_hash = None
+        if channel is Channel.WECHAT:
+            client = self._channels.wechat
+            if client is None or not n["wechat_openid"] or n["wechat_refused_at"] is not None:
+                await self._record(d, n, SendOutcome(SendStatus.PERMANENT, "NO_WECHAT", detail="no usable subscription"))
+                return
+            message = WeChatMessage(openid=n["wechat_openid"], template_id=tpl.wechat.template_id,
+                                    data=rendered.wechat_data, page=rendered.wechat_page or None,
+                                    correlation_id=str(delivery_id))
+        else:
+            client = self._channels.sms
+            mobile = self._mobile(n)
+            if client is None or mobile is None:
+                await self._record(d, n, SendOutcome(SendStatus.PERMANENT, "NO_MOBILE", detail="no usable mobile"))
+                return
+            mobile_hash = n["contact_mobile_hash"]
+            if mobile_hash and await self._capped(d, n, mobile_hash, now):
+                return
+            code = tpl.aliyun if self._cfg.sms_vendor == "aliyun" else tpl.tencent
+            message = SmsMessage(phone=mobile, template_code=code, params=rendered.sms_params,
+                                 correlation_id=str(delivery_id))
+        outcome = await client.send(message)
+        await self._record(d, n, outcome, mobile_hash=mobile_hash)
+
+    def _mobile(self, n: asyncpg.Record) -> str | None:
+        if not n["mobile_ciphertext"]:
+            return None
+        try:
+            return self._pii.decrypt(n["mobile_ciphertext"], context=MOBILE_CONTEXT)
+        except Exception:  # noqa: BLE001 - wrong key or corrupt: the number is unusable, say so without it
+            log.warning("stored mobile cannot be decrypted", patient_id=n["recipient"])
+            return None
+
+    async def _capped(self, d, n, mobile_hash: str, now: datetime) -> bool:
+        async with self._pool.acquire() as conn:
+            rows = await repo.sms_sends_since(conn, mobile_hash, now - timedelta(days=1), d["id"])
+        midnight = now.astimezone(SHANGHAI).replace(hour=0, minute=0, second=0, microsecond=0)
+        later = cap_deferral(now, self._s.caps,
+                             same_template_today=[r["sent_at"] for r in rows
+                                                  if r["template"] == n["template"] and r["sent_at"] >= midnight],
+                             all_recent=[r["sent_at"] for r in rows])
+        if later is None:
+            return False
+        await self._defer(d["id"], later, "per-number cap", n)
+        return True
+
+    async def _defer(self, delivery_id: uuid.UUID, until: datetime, why: str, n) -> None:
+        """Not an attempt: the message waits (quiet hours, caps) unless it would be too late."""
+        if not (n["urgent"]) and self._cfg.quiet.contains(until):
+            until = self._cfg.quiet.next_allowed(until)
+        if n["expires_at"] is not None and until >= n["expires_at"]:
+            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason=f"{why}: would arrive too late")
+            return
+        async with self._pool.acquire() as conn:
+            await repo.reschedule(conn, delivery_id, until, reason=why, count_attempt=False)
+
+    async def _finish(self, delivery_id: uuid.UUID, status: DeliveryStatus, *, reason: str) -> None:
+        async with self._pool.acquire() as conn:
+            await repo.finish(conn, delivery_id, status, reason=reason)
+
+    # ----------------------------------------------------------------- outcomes
+
+    async def _record(self, d, n, outcome: SendOutcome, *, mobile_hash: str | None = None) -> None:
+        now = self._cfg.clock()
+        delivery_id = d["id"]
+        async with self._pool.acquire() as conn, conn.transaction():
+            if outcome.status is SendStatus.SENT:
+                if await repo.finish(conn, delivery_id, DeliveryStatus.SENT, vendor_code=outcome.vendor_code,
+                                     vendor_message_id=outcome.vendor_message_id, sent_at=now,
+                                     mobile_hash=mobile_hash):
+                    self.sent += 1
+                    await _apply_early_receipts(conn, d["vendor"], outcome.vendor_message_id, delivery_id, now)
+                return
+            if outcome.status is SendStatus.USER_REFUSED:
+                await repo.mark_wechat_refused(conn, n["recipient"], now)
+            if outcome.status is SendStatus.RETRYABLE and not self._s.retry.exhausted(d["attempts"]):
+                due = now + self._s.retry.delay(d["attempts"], self._rng)
+                if not (n["urgent"]) and self._cfg.quiet.contains(due):
+                    due = self._cfg.quiet.next_allowed(due)
+                if n["expires_at"] is None or due < n["expires_at"]:
+                    await repo.reschedule(conn, delivery_id, due, reason=f"retry: {outcome.detail}"[:200],
+                                          vendor_code=outcome.vendor_code)
+                    return
+            await self._give_up_or_fall_back(conn, d, n, outcome, now)
+
+    async def _give_up_or_fall_back(self, conn, d, n, outcome: SendOutcome, now: datetime) -> None:
+        plan = [Channel(c) for c in n["channel_plan"]]
+        current = Channel(d["channel"])
+        rest = plan[plan.index(current) + 1:] if current in plan else []
+        reason = f"{outcome.status.value} {outcome.vendor_code}: {outcome.detail}"[:300]
+        if rest:
+            if await repo.finish(conn, d["id"], DeliveryStatus.FELL_BACK, reason=reason,
+                                 vendor_code=outcome.vendor_code):
+                await repo.insert_delivery(conn, n["id"], rest[0], self._cfg.vendor_for(rest[0]), now)
+                log.info("delivery fell back", delivery_id=str(d["id"]), to=rest[0].value, code=outcome.vendor_code)
+                self.wake()
+            return
+        if await repo.finish(conn, d["id"], DeliveryStatus.FAILED, reason=reason, vendor_code=outcome.vendor_code):
+            await publish_failure(conn, n, d["id"], outcome.vendor_code)
+
+
+async def publish_failure(conn, n, delivery_id: uuid.UUID, vendor_code: str) -> None:
+    """The patient could not be told: the clinic gets an event so a person can call."""
+    if not n["essential"]:
+        return
+    event = events_pb2.PatientNotificationFailed(
+        referral_id=n["referral_id"], clinic_id=n["clinic_id"], hospital_id=n["hospital_id"],
+        notification_id=str(n["id"]), template=n["template"], vendor_code=vendor_code or "")
+    await outbox.add(conn, event, aggregate_id=n["referral_id"], hospital_id=n["hospital_id"],
+                     event_id=derived_id(str(delivery_id), "failed"))
+
+
+async def _apply_early_receipts(conn, vendor: str, vendor_message_id: str | None, delivery_id, now) -> None:
+    """A receipt can beat our own record of the send; it waits unlinked and applies now."""
+    if not vendor_message_id:
+        return
+    rows = await conn.fetch("SELECT * FROM receipts WHERE vendor = $1 AND vendor_message_id = $2 "
+                            "AND delivery_id IS NULL", vendor, vendor_message_id)
+    for r in rows:
+        await repo.link_receipt(conn, vendor, vendor_message_id, r["phone_hash"], r["code"], delivery_id)
+        await repo.apply_receipt(conn, delivery_id, r["delivered"], r["code"], now)

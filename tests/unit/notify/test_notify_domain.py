@@ -1,0 +1,134 @@
+"""Pure rules of notify: quiet hours, channel choice, caps, retry, templates, planning."""
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.notify.adapters.channels import validate_subscribe_data
+from services.notify.domain.messages import Planner
+from services.notify.domain.model import SHANGHAI, Appointment, Channel, Contact, Place, Route, SkipReason
+from services.notify.domain.policy import Caps, QuietHours, RetryPolicy, cap_deferral, choose_channels
+from services.notify.domain.templates import Catalogue, TemplateError, fit, render
+
+CAT = Catalogue.load()
+ROUTE = Route("R1", "P1", "H1", "C1", department="cardiology")
+
+
+def sh(*args) -> datetime:
+    return datetime(*args, tzinfo=SHANGHAI)
+
+
+def test_quiet_hours_across_midnight():
+    q = QuietHours.parse("21:00-08:00")
+    assert q.contains(sh(2030, 1, 1, 22, 0)) and q.contains(sh(2030, 1, 2, 7, 59))
+    assert not q.contains(sh(2030, 1, 1, 8, 0)) and not q.contains(sh(2030, 1, 1, 20, 59))
+    assert q.next_allowed(sh(2030, 1, 1, 22, 0)) == sh(2030, 1, 2, 8, 0)
+    assert q.next_allowed(sh(2030, 1, 2, 3, 0)) == sh(2030, 1, 2, 8, 0)
+    assert q.next_allowed(sh(2030, 1, 2, 12, 0)) == sh(2030, 1, 2, 12, 0)
+    # Works the same from a UTC clock.
+    assert q.contains(sh(2030, 1, 1, 23, 0).astimezone(UTC))
+
+
+def test_quiet_hours_parsing():
+    assert QuietHours.parse("off").contains(sh(2030, 1, 1, 23, 0)) is False
+    assert QuietHours.parse("12:00-14:00").contains(sh(2030, 1, 1, 13, 0))
+    with pytest.raises(ValueError):
+        QuietHours.parse("9pm-8am")
+
+
+def test_channel_choice_follows_subscription_consent_and_preferences():
+    both = Contact("P", has_mobile=True, wechat_openid="o" * 28)
+    assert choose_channels(both, essential=True) == [Channel.WECHAT, Channel.SMS]
+    assert choose_channels(Contact("P", has_mobile=True), essential=True) == [Channel.SMS]
+    refused = Contact("P", has_mobile=True, wechat_openid="o" * 28, wechat_refused=True)
+    assert choose_channels(refused, essential=True) == [Channel.SMS]
+    sms_first = Contact("P", has_mobile=True, wechat_openid="o" * 28, channels=(Channel.SMS,))
+    assert choose_channels(sms_first, essential=True) == [Channel.SMS]
+    assert choose_channels(Contact("P", has_mobile=True, consent=False), essential=True) is SkipReason.NO_CONSENT
+    opted = Contact("P", has_mobile=True, opt_out_non_essential=True)
+    assert choose_channels(opted, essential=False) is SkipReason.OPTED_OUT
+    assert choose_channels(opted, essential=True) == [Channel.SMS]
+    assert choose_channels(Contact("P"), essential=True) is SkipReason.NO_CONTACT
+
+
+def test_caps_defer_below_vendor_limits():
+    now = sh(2030, 5, 1, 10, 0)
+    caps = Caps(same_template_per_day=2, per_day=3, per_hour=2, min_spacing=timedelta(seconds=35))
+    assert cap_deferral(now, caps, same_template_today=[], all_recent=[]) is None
+    assert cap_deferral(now, caps, same_template_today=[], all_recent=[now - timedelta(seconds=10)]) == \
+        now + timedelta(seconds=25)
+    two = [now - timedelta(hours=5), now - timedelta(hours=4)]
+    assert cap_deferral(now, caps, same_template_today=two, all_recent=two) == sh(2030, 5, 2, 0, 0)
+    hour = [now - timedelta(minutes=50), now - timedelta(minutes=20)]
+    assert cap_deferral(now, caps, same_template_today=[], all_recent=hour) == now + timedelta(minutes=10)
+
+
+def test_retry_backoff_grows_with_jitter_and_is_capped():
+    policy = RetryPolicy(base=timedelta(seconds=10), cap=timedelta(seconds=60), max_attempts=4)
+    rng = random.Random(1)
+    delays = [policy.delay(a, rng).total_seconds() for a in (1, 2, 3, 4, 5)]
+    assert 5 <= delays[0] <= 10 and 10 <= delays[1] <= 20 and 20 <= delays[2] <= 40
+    assert all(d <= 60 for d in delays) and 30 <= delays[4]
+    assert policy.exhausted(4) and not policy.exhausted(3)
+
+
+def test_fit_drops_separators_then_cuts():
+    assert fit("身份证、医保卡、既往检查结果", 12) == "身份证医保卡既往检查结果"
+    assert fit("县人民医院门诊楼三楼心内科二诊室", 12) == "县人民医院门诊楼三楼心…"
+    assert fit("短", 12) == "短"
+
+
+def _appointment(kind="consultation", prep="") -> Appointment:
+    return Appointment("I1", kind, sh(2030, 6, 10, 9, 30), Place("白城市中心医院", "门诊医技综合楼", "3楼", "心内科2诊室"),
+                       department="cardiology", modality="US", preparation=prep, ward="心内科一病区", bed="12")
+
+
+def _sample_values(planner: Planner) -> dict[str, str]:
+    values = planner.appointment_values(ROUTE, _appointment(prep="检查前8小时禁食禁水"), "身份证、医保卡、既往检查结果")
+    values.update({"admit_by": "6月10日14:00", "admit_when": "2030年6月10日 14:00", "bed": "12",
+                   "clinic": "城关镇卫生院", "address": "城关镇人民路8号", "followup": "6月20日",
+                   "note": "请明早先到一楼服务台报到"})
+    return values
+
+
+@pytest.mark.parametrize("key", sorted(CAT.templates))
+def test_every_template_renders_within_wechat_and_sms_limits(key):
+    tpl = CAT.get(key)
+    rendered = render(tpl, _sample_values(Planner(CAT)), sms_param_limit=12)
+    assert validate_subscribe_data(rendered.wechat_data) == []
+    assert list(rendered.sms_params) == list(tpl.params)
+    assert all(len(v) <= 12 for v in rendered.sms_params.values())
+    assert tpl.version >= 1 and "{" not in rendered.text
+
+
+def test_templates_refuse_a_diagnosis_and_missing_values():
+    with pytest.raises(TemplateError):
+        Catalogue.from_toml('[template.x]\nversion=1\ntext="诊断：{dept}"\nparams=["dept"]\naliyun="A"\ntencent="1"\n'
+                            'wechat={template_id="t", data={thing1="{dept}"}}\n')
+    with pytest.raises(TemplateError):
+        render(CAT.get("referral_accepted"), {"referral_id": "R1"})
+
+
+def test_booking_plans_messages_and_reminders_and_never_the_reason():
+    planner = Planner(CAT)
+    now = sh(2030, 6, 7, 10, 0)
+    plan = planner.scheduled(ROUTE, "B1", [_appointment(prep="空腹")], "", now)
+    kinds = [(m.template, m.not_before) for m in plan.messages]
+    assert kinds == [("appointment_booked", None), ("reminder_day_before", sh(2030, 6, 9, 18, 0)),
+                     ("reminder_2h", sh(2030, 6, 10, 7, 30))]
+    day_before = plan.messages[1]
+    assert day_before.expires_at == sh(2030, 6, 10, 0, 0) and day_before.reminder
+    assert plan.clinic.kind == "SCHEDULED" and "白城市中心医院" in plan.clinic.summary
+    # Booked less than a day ahead: the day-before reminder is already past, only the 2-hour one remains.
+    late = planner.scheduled(ROUTE, "B1", [_appointment()], "", sh(2030, 6, 10, 6, 0))
+    assert [m.template for m in late.messages] == ["appointment_booked", "reminder_2h"]
+    assert late.messages[0].urgent  # within 12 hours: not held by quiet hours
+    rejected = planner.referral_status(ROUTE, "REJECTED", reason="疑似恶性肿瘤")
+    assert "肿瘤" not in str(rejected.messages) and rejected.clinic.reason == "疑似恶性肿瘤"
+
+
+def test_admission_items_use_the_admission_template_without_a_2h_reminder():
+    plan = Planner(CAT).scheduled(ROUTE, "B2", [_appointment(kind="admission")], "", sh(2030, 6, 1, 10, 0))
+    assert [m.template for m in plan.messages] == ["admission_booked", "reminder_day_before"]
