@@ -25,6 +25,8 @@ from services.common import logging as logs
 
 SERVICES = ("referral", "scheduling", "notify")
 REPO = config.repo_root()
+if str(REPO / "gen") not in sys.path:  # run directly, not through make
+    sys.path.insert(0, str(REPO / "gen"))
 
 log = logs.get_logger("launcher")
 
@@ -67,6 +69,8 @@ class Launcher:
         self.env["PYTHONPATH"] = f"{REPO / 'gen'}:{REPO}"
         self.ports = {svc: int(self.env.get(f"{svc.upper()}_GRPC_PORT", config.DEFAULT_GRPC_PORTS[svc]))
                       for svc in SERVICES}
+        self.metrics_ports = {svc: int(self.env.get(f"{svc.upper()}_METRICS_PORT",
+                                                    config.DEFAULT_METRICS_PORTS[svc])) for svc in SERVICES}
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +86,7 @@ class Launcher:
         for svc in SERVICES:
             env = dict(self.env)
             env["GRPC_PORT"] = str(self.ports[svc])
-            env["METRICS_PORT"] = str(config.DEFAULT_METRICS_PORTS[svc])
+            env["METRICS_PORT"] = str(self.metrics_ports[svc])
             out = open(logs_dir / f"{svc}.log", "ab")  # noqa: SIM115 - lives as long as the child
             self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"services.{svc}", "serve"],
                                                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
@@ -95,12 +99,13 @@ class Launcher:
             raise
 
     async def _start_sandbox_vendors(self) -> dict[str, str]:
+        """The test suite's fake vendors (a development tool, absent from the image)."""
         try:
-            sandbox = importlib.import_module("services.notify.sandbox")
+            sandbox = importlib.import_module("tests.fakes.sandbox")
         except ModuleNotFoundError:
             return {}
         self.sandbox = await sandbox.start()
-        return self.sandbox.env()
+        return {**self.sandbox.env(), "RECEIPTS_PORT": self.env.get("RECEIPTS_PORT", "8080")}
 
     async def load_demo(self) -> list[str]:
         token_for = _token_for(self.data_dir)
@@ -108,7 +113,9 @@ class Launcher:
         for svc in ("referral", "scheduling", "notify"):
             try:
                 module = importlib.import_module(f"services.{svc}.demo")
-            except ModuleNotFoundError:
+            except ModuleNotFoundError as exc:
+                if exc.name != f"services.{svc}.demo":
+                    raise
                 continue
             await module.load_demo(f"127.0.0.1:{self.ports[svc]}", token_for)
             loaded.append(svc)
@@ -134,7 +141,7 @@ def _banner(launcher: Launcher, loaded: list[str]) -> str:
     lines = ["", "The consortium is running (Ctrl-C stops everything):", ""]
     for svc in SERVICES:
         lines.append(f"  {svc:<11} gRPC 127.0.0.1:{launcher.ports[svc]}   metrics http://127.0.0.1:"
-                     f"{config.DEFAULT_METRICS_PORTS[svc]}/metrics")
+                     f"{launcher.metrics_ports[svc]}/metrics")
     lines += [
         f"  PostgreSQL  {launcher.env['DATABASE_URL']}",
         f"  NATS        {launcher.env['NATS_URL']}",
@@ -143,8 +150,8 @@ def _banner(launcher: Launcher, loaded: list[str]) -> str:
         "",
         "Every call needs a token naming an institution and a role, e.g. the township clinic CLINIC01:",
         f"  TOKEN={token('CLINIC01', 'clinic_doctor')[:24]}...   (full: python -m services.launcher token CLINIC01 clinic_doctor)",
-        "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" 127.0.0.1:50051 list",
-        "Health (no token): grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check",
+        f"  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" 127.0.0.1:{launcher.ports['referral']} list",
+        f"Health (no token): grpcurl -plaintext 127.0.0.1:{launcher.ports['referral']} grpc.health.v1.Health/Check",
         "",
     ]
     return "\n".join(lines)

@@ -20,20 +20,10 @@ from services.common.pii import PiiCipher
 from services.notify.domain.model import SHANGHAI
 from services.notify.domain.templates import Catalogue
 from services.notify.entrypoints.app import NotifyApp
-from tests.fakes.aliyun_sms import FakeAliyunSms
-from tests.fakes.tencent_sms import FakeTencentSms
-from tests.fakes.wechat import FakeWeChat
+from tests.fakes import sandbox
 from tests.support.stack import running_service
 
 CATALOGUE = Catalogue.load()
-ALIYUN_KEY_ID, ALIYUN_SECRET = "LTAI5tNotifyTestKey", "aliyun-notify-secret"
-TENCENT_ID, TENCENT_KEY = "AKIDnotifyTest000000000000000000000000", "tencent-notify-key"
-WECHAT_APPID, WECHAT_SECRET = "wx00notify000test", "wechat-notify-secret"
-SIGN = "县医共体"
-TENCENT_APP = "1400009999"
-# Rate windows generous enough for a test's bursts; the caps tests set their own.
-LOOSE = [(86400, 1000, "isv.BUSINESS_LIMIT_CONTROL")]
-LOOSE_TENCENT = [(86400, 1000, "LimitExceeded.PhoneNumberDailyLimit")]
 
 
 def new_mobile() -> str:
@@ -60,27 +50,15 @@ class AdjustableClock:
         self.offset += delta
 
 
-def fakes() -> tuple[FakeWeChat, FakeAliyunSms, FakeTencentSms]:
-    wechat = FakeWeChat(appid=WECHAT_APPID, appsecret=WECHAT_SECRET, rate_windows=[(60, 1000, "45009")],
-                        templates={t.wechat.template_id: list(t.wechat.data) for t in CATALOGUE.templates.values()})
-    aliyun = FakeAliyunSms(access_keys={ALIYUN_KEY_ID: ALIYUN_SECRET}, sign_names={SIGN},
-                           templates={t.aliyun: list(t.params) for t in CATALOGUE.templates.values()},
-                           blacklist={"13900000000"}, rate_windows=LOOSE)
-    tencent = FakeTencentSms(secrets={TENCENT_ID: TENCENT_KEY}, sdk_app_id=TENCENT_APP, sign_names={SIGN},
-                             templates={t.tencent: len(t.params) for t in CATALOGUE.templates.values()},
-                             blacklist={"13900000000"}, rate_windows=LOOSE_TENCENT)
-    return wechat, aliyun, tencent
+def fakes():
+    return sandbox.fakes(CATALOGUE)
 
 
 def vendor_env(wechat, aliyun, tencent, vendor: str = "aliyun") -> dict[str, str]:
+    """The sandbox wiring plus timings short enough for tests."""
     return {
-        "SMS_VENDOR": vendor, "QUIET_HOURS": "off", "RECEIPTS_PORT": "0",
-        "WECHAT_API_BASE": wechat.base_url, "WECHAT_APPID": WECHAT_APPID, "WECHAT_APPSECRET": WECHAT_SECRET,
-        "WECHAT_MINIPROGRAM_STATE": "formal",
-        "ALIYUN_SMS_ENDPOINT": aliyun.base_url, "ALIYUN_ACCESS_KEY_ID": ALIYUN_KEY_ID,
-        "ALIYUN_ACCESS_KEY_SECRET": ALIYUN_SECRET, "ALIYUN_SMS_SIGN_NAME": SIGN,
-        "TENCENT_SMS_ENDPOINT": tencent.base_url, "TENCENT_SECRET_ID": TENCENT_ID,
-        "TENCENT_SECRET_KEY": TENCENT_KEY, "TENCENT_SMS_SDK_APP_ID": TENCENT_APP, "TENCENT_SMS_SIGN_NAME": SIGN,
+        **sandbox.vendor_env(wechat, aliyun, tencent, vendor),
+        "QUIET_HOURS": "off", "RECEIPTS_PORT": "0",
         "NOTIFY_DISPATCH_POLL_SECONDS": "0.2", "NOTIFY_RETRY_BASE_SECONDS": "0.2", "NOTIFY_RETRY_MAX_SECONDS": "1",
         "NOTIFY_SMS_MIN_SPACING_SECONDS": "0", "NOTIFY_SMS_PER_HOUR": "50", "NOTIFY_SMS_PER_DAY": "100",
         "NOTIFY_SMS_SAME_TEMPLATE_PER_DAY": "50",
