@@ -6,12 +6,13 @@ Figures, not tests: prints the tables and writes ``reports/bench-scheduler.json`
 
 from __future__ import annotations
 
+
 import argparse
 import json
 import os
 from pathlib import Path
 
-from .runner import BenchConfig, run_all
+from .runner import DEFAULT_PAS_DIR, BenchConfig, run_all
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="small instances and short limits (smoke run)")
     ap.add_argument("--time-limit", type=float, default=None, help="CP-SAT seconds per consortium-day hospital")
     ap.add_argument("--pas-time-limit", type=float, default=None, help="CP-SAT seconds per PAS instance")
-    ap.add_argument("--pas-dir", default=os.environ.get("PAS_DIR", "/work/shared/bench/pas"))
+    ap.add_argument("--pas-dir", default=os.environ.get("PAS_DIR", str(DEFAULT_PAS_DIR)))
     ap.add_argument("--pas-instance", action="append", default=None, help="instance stem, e.g. testdata01 (repeatable)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=20240601)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,6 +14,9 @@ from services.scheduling.engine.pas import WEIGHTS
 from .generator import CITY, COUNTY, ConsortiumSpec, generate_consortium
 from .metrics import measure
 
+# shared/ lies beside the repository, on a developer's machine and in CI alike.
+DEFAULT_PAS_DIR = Path(__file__).resolve().parents[3] / "shared" / "bench" / "pas"
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -22,7 +26,7 @@ class BenchConfig:
     growth_sizes: tuple[tuple[int, float], ...]  # (referrals, CP-SAT seconds)
     pas: bool
     pas_time_limit: float
-    pas_dir: str = "/work/shared/bench/pas"
+    pas_dir: str = str(DEFAULT_PAS_DIR)
     pas_instances: tuple[str, ...] | None = None
     workers: int = 2
     seed: int = 20240601

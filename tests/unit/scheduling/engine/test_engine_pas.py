@@ -8,7 +8,8 @@ import pytest
 
 from services.scheduling.engine import parse_pas, score_pas, solve_pas, solve_pas_greedy
 
-PAS_DIR = Path("/work/shared/bench/pas")
+# shared/ lies beside the repository, here and in CI.
+PAS_DIR = Path(__file__).resolve().parents[5] / "shared" / "bench" / "pas"
 FILES = sorted(PAS_DIR.glob("testdata*.txt"))
 
 TINY = """ARTICLE BENCHMARK DATA SET
@@ -101,3 +102,8 @@ def test_cpsat_finds_the_hand_optimum_and_proves_it():
     assert r.status == "OPTIMAL"
     assert r.cost == 5.0 and r.bound == 5.0
     assert r.beds[2] == (3, 3)
+
+
+def test_the_six_instances_are_found():
+    # Guards the parametrised tests above: an empty glob would make them vanish silently.
+    assert len(FILES) == 6, f"expected six PAS instances in {PAS_DIR}"
