@@ -90,13 +90,15 @@ class Launcher:
             out = open(logs_dir / f"{svc}.log", "ab")  # noqa: SIM115 - lives as long as the child
             self.procs[svc] = subprocess.Popen([sys.executable, "-m", f"services.{svc}", "serve"],
                                                env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            await asyncio.gather(*(wait_serving(self.ports[svc], "") for svc in SERVICES))
-        except TimeoutError:
-            for svc, proc in self.procs.items():
-                if proc.poll() is not None:
-                    print(f"{svc} exited with {proc.returncode}; see {logs_dir / (svc + '.log')}")
-            raise
+        serving = asyncio.gather(*(wait_serving(self.ports[svc], "") for svc in SERVICES))
+        while not serving.done():
+            dead = [svc for svc, proc in self.procs.items() if proc.poll() is not None]
+            if dead:
+                serving.cancel()
+                raise SystemExit("; ".join(f"{svc} exited with {self.procs[svc].returncode}, see "
+                                           f"{logs_dir / (svc + '.log')}" for svc in dead))
+            await asyncio.wait({serving}, timeout=0.5)
+        serving.result()
 
     async def _start_sandbox_vendors(self) -> dict[str, str]:
         """The test suite's fake vendors (a development tool, absent from the image)."""

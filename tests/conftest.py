@@ -23,7 +23,7 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="consortium-tests-"))
 LOG_DIR = _SESSION_DIR / "logs"
 LOG_DIR.mkdir(parents=True, exist_ok=True)
 _LOG_STREAM = open(LOG_DIR / "pytest.log", "a", encoding="utf-8", buffering=1)  # noqa: SIM115
-logs.configure("DEBUG", stream=_LOG_STREAM)
+logs.configure("INFO", stream=_LOG_STREAM)
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ class Broker:
 
         nc = await nats.connect(
             url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-            connect_timeout=5, allow_reconnect=True, reconnected_cb=on_reconnect,
+            connect_timeout=5, allow_reconnect=True, drain_timeout=5, reconnected_cb=on_reconnect,
             disconnected_cb=on_disconnect, error_cb=on_error, ping_interval=10, max_outstanding_pings=3)
         broker = cls(nc=nc, js=nc.jetstream(timeout=5), stream_replicas=stream_replicas)
         return broker

@@ -56,7 +56,13 @@ async def test_retryable_failures_retry_with_backoff_until_sent(stack, monkeypat
     async with notify_service(stack, monkeypatch, vendor_env(*vendors)):
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(aliyun.accepted) == 1, timeout=15)
-        [d] = await _deliveries(db, ref.referral_id)
+
+        async def recorded_sent():
+            rows = await _deliveries(db, ref.referral_id)
+            return rows if rows and rows[0]["status"] == "SENT" else None
+
+        # The vendor answers before the service records its answer: wait for the record.
+        [d] = await eventually(recorded_sent, timeout=10)
     assert (d["status"], d["attempts"], d["vendor_code"]) == ("SENT", 4, "OK")
     assert aliyun.request_count == 4
 
