@@ -128,8 +128,12 @@ class EventHandlers:
             route = await self._learn(conn, env, event.referral)
             if status == "CANCELLED":
                 await repo.drop_appointments(conn, referral_id=route.referral_id)
-            await self._apply(conn, env, route, self.planner.referral_status(route, status,
-                                                                            getattr(event, "reason", "")))
+            plan = self.planner.referral_status(route, status, getattr(event, "reason", ""))
+            if status == "ACCEPTED" and event.referral.direction == ref_types.DIRECTION_DOWN:
+                # "accepted by the hospital, the appointment follows" is untrue when a clinic takes
+                # a patient back: no booking follows, and the follow-up message already said where.
+                plan.messages = []
+            await self._apply(conn, env, route, plan)
         return handle
 
     def _clinic_only(self, kind: str, summary: str):

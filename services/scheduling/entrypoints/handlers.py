@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 from referral.v1 import events_pb2 as revents
+from referral.v1 import types_pb2 as rtypes
 from services.common.consumer import PermanentError, Subscription
 from services.common.errors import InvalidArgument
 from services.scheduling.entrypoints.grpc_api import validate_snapshot
@@ -20,6 +21,10 @@ def subscription(sched: Scheduler) -> Subscription:
     subjects = [f"{t.DESCRIPTOR.full_name}.{h}" for t in CONSUMED for h in tokens]
 
     async def accepted(conn, env, event: revents.ReferralAccepted) -> None:
+        if event.referral.direction == rtypes.DIRECTION_DOWN:
+            # A down-referral goes to a clinic: the hospital has nothing to book for it, and
+            # trying would waitlist it for capacity that can never come.
+            return
         try:
             validate_snapshot(event.referral)
         except InvalidArgument as exc:

@@ -1,0 +1,193 @@
+"""The benchmark's phases: each returns plain numbers for the table and reports/bench.json."""
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import grpc
+import nats
+
+from common.v1 import event_pb2
+from referral.v1 import referral_service_pb2 as api
+from scheduling.v1 import events_pb2 as sev
+from services.common import config
+from services.common.localstack import free_port
+from services.scheduling import demo as scheduling_demo
+
+from ..demo.patients import up_referral
+from ..demo.system import System, referral_id_of
+from .echo import METHOD
+
+HOSPITAL = scheduling_demo.HOSPITAL
+
+
+@dataclass
+class Latencies:
+    seconds: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+
+    def q(self, q: float) -> float:
+        s = sorted(self.seconds)
+        return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else float("nan")
+
+    def summary(self) -> dict:
+        return {"calls": len(self.seconds), "errors": self.errors, "seconds": round(self.elapsed, 2),
+                "per_second": round(len(self.seconds) / self.elapsed, 1) if self.elapsed else 0.0,
+                "p50_ms": round(self.q(.50), 2), "p95_ms": round(self.q(.95), 2), "p99_ms": round(self.q(.99), 2)}
+
+
+async def closed_loop(call, concurrency: int, duration: float) -> Latencies:
+    """`concurrency` callers, each calling again as soon as its answer arrives."""
+    out = Latencies()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    end = start + duration
+
+    async def caller(k: int) -> None:
+        i = 0
+        while loop.time() < end:
+            t = time.perf_counter()
+            try:
+                await call(k, i)
+                out.seconds.append(time.perf_counter() - t)
+            except grpc.aio.AioRpcError:
+                out.errors += 1
+            i += 1
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    out.elapsed = loop.time() - start
+    return out
+
+
+def _requests(n: int, seed: int) -> list[tuple[str, api.CreateReferralRequest]]:
+    """Built before the clock starts, so the client measures the server, not itself."""
+    rng = random.Random(seed)
+    from datetime import datetime
+
+    from services.scheduling.domain import calendar
+    today = calendar.local_date(datetime.now(calendar.LOCAL))
+    out = []
+    for i in range(n):
+        clinic = scheduling_demo.CLINICS[i % len(scheduling_demo.CLINICS)]
+        request, _ = up_referral(rng, clinic, HOSPITAL, today, with_admission=False)
+        request.referral.justification = request.referral.justification or "需上级医院明确诊断"
+        out.append((clinic, request))
+    return out
+
+
+async def create_phase(system: System, concurrency: int, duration: float, seed: int) -> Latencies:
+    pool = _requests(int(concurrency * duration * 40) + 100, seed)
+    md = {c: system.metadata(c, "clinic_doctor") for c in scheduling_demo.CLINICS}
+    stub = system.referral
+    counter = iter(range(10**9))
+
+    async def call(k: int, i: int) -> None:
+        clinic, request = pool[next(counter) % len(pool)]
+        request.request_id = f"bench-{seed}-{k}-{i}"
+        await stub.CreateReferral(request, metadata=md[clinic])
+    return await closed_loop(call, concurrency, duration)
+
+
+async def echo_phase(concurrency: int, duration: float, seed: int) -> Latencies:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.load.echo", str(port)], cwd=config.repo_root(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(proc.stdout.readline)
+        payload = _requests(1, seed)[0][1].SerializeToString()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary(METHOD)
+            # Same metadata size as a real call: the token is part of what gRPC carries.
+            md = (("authorization", "Bearer " + "x" * 600),)
+
+            async def call(k: int, i: int) -> None:
+                await echo(payload, metadata=md)
+            return await closed_loop(call, concurrency, duration)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def pgbench_phase(pgbench: str, database_url: str, clients: int, duration: float) -> dict:
+    """One INSERT per transaction, committed durably (synchronous_commit as configured)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_commits (id bigserial PRIMARY KEY, "
+                           "at timestamptz NOT NULL DEFAULT now(), payload text NOT NULL)")
+        sync = await conn.fetchval("SHOW synchronous_commit")
+        fsync = await conn.fetchval("SHOW fsync")
+    finally:
+        await conn.close()
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write("INSERT INTO bench_commits (payload) VALUES (repeat('x', 400));\n")
+    cmd = [pgbench, "-n", "-f", script.name,
+           "-c", str(clients), "-j", "2", "-T", str(max(1, int(duration))), database_url]
+    out = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True)
+    Path(script.name).unlink(missing_ok=True)
+    tps = re.search(r"tps = ([0-9.]+)", out.stdout)
+    lat = re.search(r"latency average = ([0-9.]+) ms", out.stdout)
+    if not tps:
+        raise RuntimeError(f"pgbench failed: {out.stderr or out.stdout}")
+    return {"per_second": float(tps.group(1)), "latency_avg_ms": float(lat.group(1)) if lat else None,
+            "clients": clients, "synchronous_commit": sync, "fsync": fsync}
+
+
+async def event_phase(system: System, rate: float, duration: float, seed: int) -> dict:
+    """Referrals created and accepted at a steady rate; when does the scheduler's event
+    reach NATS, and when does the patient's WeChat message reach the vendor?"""
+    requests = _requests(int(rate * duration) + 1, seed + 1)
+    for _, r in requests:
+        r.patient.wechat_openid = r.patient.wechat_openid or ("oBench" + r.request_id)[:28]
+    desk = system.metadata(HOSPITAL, "referral_desk")
+    created: dict[str, float] = {}
+    scheduled: dict[str, float] = {}
+    nc = await nats.connect(system.env["NATS_URL"])
+
+    async def on_event(msg) -> None:
+        env = event_pb2.EventEnvelope.FromString(msg.data)
+        event = sev.ReferralScheduled()
+        env.payload.Unpack(event)
+        scheduled.setdefault(event.referral_id, time.time())
+    sub = await nc.subscribe("scheduling.v1.ReferralScheduled.>", cb=on_event)
+    try:
+        async def one(i: int, clinic: str, request) -> None:
+            await asyncio.sleep(i / rate)
+            request.request_id = f"bench-ev-{seed}-{i}"
+            t = time.time()
+            r = await system.referral.CreateReferral(request, metadata=system.metadata(clinic, "clinic_doctor"))
+            created[r.name.split("/")[-1]] = t
+            await system.referral.AcceptReferral(api.AcceptReferralRequest(name=r.name), metadata=desk)
+        await asyncio.gather(*(one(i, c, r) for i, (c, r) in enumerate(requests)))
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            booked = {referral_id_of(m): m["t"] for m in system.wechat.accepted
+                      if m["template_id"] in ("wx-tmpl-appointment", "wx-tmpl-admission")}
+            if all(k in booked for k in created if k in scheduled) and len(scheduled) >= len(created):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    messages: dict[str, float] = {}
+    for m in system.wechat.accepted:
+        if m["template_id"] in ("wx-tmpl-appointment", "wx-tmpl-admission"):
+            messages.setdefault(referral_id_of(m), m["t"])
+
+    def stats(pairs: list[float]) -> dict:
+        s = sorted(pairs)
+        pick = lambda q: round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 1) if s else None  # noqa: E731
+        return {"count": len(s), "p50_ms": pick(.5), "p99_ms": pick(.99)}
+    return {
+        "referrals": len(created), "rate_per_second": rate,
+        "create_to_scheduled": stats([scheduled[k] - created[k] for k in created if k in scheduled]),
+        "create_to_message": stats([messages[k] - created[k] for k in created if k in messages]),
+        "scheduled_to_message": stats([messages[k] - scheduled[k] for k in created if k in messages and k in scheduled]),
+    }
