@@ -18,7 +18,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 
 from common.v1 import event_pb2
-from services.common import messaging
+from services.common import db, messaging
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -30,6 +30,10 @@ Handler = Callable[[asyncpg.Connection, event_pb2.EventEnvelope, Message], Await
 
 class PermanentError(Exception):
     """The event can never be handled; retrying is pointless."""
+
+
+class _DatabaseUnavailable(Exception):
+    """The event is fine, the database is not: stop fetching until it is back."""
 
 
 @dataclass
@@ -117,8 +121,17 @@ class EventConsumer:
                 except nats.errors.TimeoutError:
                     continue
                 failures = 0
-                for msg in msgs:
-                    await self._handle(msg)
+                for i, msg in enumerate(msgs):
+                    try:
+                        await self._handle(msg)
+                    except _DatabaseUnavailable:
+                        # The rest of the batch would fail the same way; hand it back now
+                        # rather than after ack_wait, then fetch nothing (every fetch is a
+                        # delivery, counted towards dead-lettering) until the database answers.
+                        for rest in msgs[i + 1:]:
+                            await self._nak(rest, 1.0)
+                        await self._wait_for_database()
+                        break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker trouble: re-bind and go on
@@ -153,7 +166,14 @@ class EventConsumer:
             CONSUMED.labels(self.sub.durable, "handled" if fresh else "duplicate").inc()
         except PermanentError as exc:
             await self._dead_letter(msg, env.event_id, deliveries, str(exc))
-        except Exception as exc:  # noqa: BLE001 - decide between retry and dead letter
+        except Exception as exc:  # noqa: BLE001 - decide between waiting, retry and dead letter
+            if isinstance(exc, db.UNAVAILABLE_ERRORS) and not await self._database_answers():
+                # Never dead-letter an event because the database was down while it was tried.
+                log.warning("database unavailable, event will be redelivered", consumer=self.sub.durable,
+                            event_id=env.event_id, deliveries=deliveries, error=repr(exc))
+                CONSUMED.labels(self.sub.durable, "retried").inc()
+                await self._nak(msg, 1.0)
+                raise _DatabaseUnavailable from exc
             if deliveries >= self._max_deliver:
                 await self._dead_letter(msg, env.event_id, deliveries, repr(exc))
                 return
@@ -162,6 +182,25 @@ class EventConsumer:
                         event_id=env.event_id, deliveries=deliveries, delay=delay, error=repr(exc))
             CONSUMED.labels(self.sub.durable, "retried").inc()
             await msg.nak(delay=delay)
+
+    async def _nak(self, msg, delay: float) -> None:
+        try:
+            await msg.nak(delay=delay)
+        except Exception as exc:  # noqa: BLE001 - unacked, it comes back after ack_wait anyway
+            log.warning("nak failed", consumer=self.sub.durable, error=repr(exc))
+
+    async def _database_answers(self) -> bool:
+        try:
+            await self._pool.fetchval("SELECT 1", timeout=5)
+            return True
+        except db.UNAVAILABLE_ERRORS:
+            return False
+
+    async def _wait_for_database(self) -> None:
+        failures = 0
+        while not self._stopping.is_set() and not await self._database_answers():
+            failures += 1
+            await asyncio.sleep(min(2.0, 0.1 * 2 ** failures))
 
     async def _dead_letter(self, msg, event_id: str | None, deliveries: int, error: str) -> None:
         log.error("event dead-lettered", consumer=self.sub.durable, event_id=event_id,

@@ -7,16 +7,35 @@ starting together do not race.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
 
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
 
 COMMON_MIGRATIONS = Path(__file__).with_name("migrations")
+
+# "The database cannot be reached right now", as opposed to "this request is wrong": a
+# caller should retry later, a consumer should wait rather than dead-letter the event.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,        # lost, refused or failed connections (class 08)
+    asyncpg.exceptions.AdminShutdownError,  # the server is shutting down
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,  # ... or still starting
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,                 # the connection is closed, the pool is closing
+    # A connection the server dropped mid-call can be left in a protocol state that
+    # asyncpg reports as "cannot switch to state ...; another operation is in progress".
+    asyncpg_base.InternalClientError,
+    OSError,                                # refused, reset, unreachable (ConnectionError)
+    asyncio.TimeoutError,                   # connect timeout, command_timeout
+)
+
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 

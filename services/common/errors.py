@@ -13,6 +13,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "consortium.example.cn"
+MAX_VIOLATIONS_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,18 @@ class InvalidArgument(DomainError):
 
     def __init__(self, violations: list[FieldViolation] | FieldViolation, message: str = "") -> None:
         self.violations = [violations] if isinstance(violations, FieldViolation) else list(violations)
-        summary = "; ".join(f"{v.field}: {v.description}" for v in self.violations)
-        super().__init__(message or f"invalid request: {summary}", reason="INVALID_ARGUMENT")
+        shown = self.violations[:MAX_VIOLATIONS_SHOWN]
+        summary = "; ".join(f"{v.field}: {v.description}" for v in shown)
+        if len(self.violations) > len(shown):
+            summary += f"; and {len(self.violations) - len(shown)} more"
+        super().__init__(message or f"invalid request: {summary}"[:1000], reason="INVALID_ARGUMENT")
 
     def details(self) -> list[any_pb2.Any]:
+        # Trailing metadata has a hard limit (16 KiB by default): a request with hundreds of
+        # bad items would otherwise turn INVALID_ARGUMENT into the client's RESOURCE_EXHAUSTED.
         bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in self.violations])
+            error_details_pb2.BadRequest.FieldViolation(field=v.field[:200], description=v.description[:200])
+            for v in self.violations[:MAX_VIOLATIONS_SHOWN]])
         packed = any_pb2.Any()
         packed.Pack(bad)
         return [packed]

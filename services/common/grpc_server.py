@@ -12,15 +12,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-import asyncpg
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
-from services.common import auth
-from services.common.errors import DomainError, Unauthenticated, Unavailable, to_rpc_status
+from services.common import auth, db
+from services.common.errors import (DomainError, FieldViolation, InvalidArgument, Unauthenticated, Unavailable,
+                                    to_rpc_status)
 from services.common.logging import get_logger
 
 log = get_logger("grpc")
@@ -37,12 +37,6 @@ MSG_SENT = Counter("grpc_server_msg_sent_total", "gRPC stream messages sent by t
 # Methods anyone may call without a token: probes and tooling.
 PUBLIC_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                              "grpc.reflection.v1.ServerReflection"})
-
-_CONNECTION_ERRORS = (asyncpg.exceptions.ConnectionDoesNotExistError,
-                      asyncpg.exceptions.CannotConnectNowError,
-                      asyncpg.exceptions.ConnectionFailureError,
-                      asyncpg.exceptions.InterfaceError,
-                      ConnectionError, OSError, asyncio.TimeoutError)
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -63,7 +57,7 @@ def _grpc_type(handler: grpc.RpcMethodHandler) -> str:
 def _as_domain_error(exc: BaseException) -> DomainError | None:
     if isinstance(exc, DomainError):
         return exc
-    if isinstance(exc, _CONNECTION_ERRORS):
+    if isinstance(exc, db.UNAVAILABLE_ERRORS):
         return Unavailable("a backing service is unavailable, retry later", reason="BACKEND_UNAVAILABLE")
     return None
 

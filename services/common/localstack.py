@@ -65,9 +65,21 @@ class LocalPostgres:
     def url(self) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{DB_NAME}"
 
+    def _as_os_user(self, args: list[str]) -> tuple[list[str], dict]:
+        """The command run as the cluster's owner. Through runuser rather than
+        subprocess's user=: that makes Python fork() instead of vfork(), and in a process
+        hosting grpc.aio (the tests) gRPC's fork handlers then crash the child before exec
+        ("ev_epoll1_linux.cc Check failed"), so pg_ctl or psql silently never ran."""
+        if self._os_user is None:
+            return args, {}
+        runuser = shutil.which("runuser")
+        if runuser:
+            return [runuser, "-u", self._os_user, "--", *args], {}
+        return args, {"user": self._os_user}
+
     def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(args, check=True, capture_output=True, text=True,
-                              user=self._os_user, **kwargs)
+        args, as_user = self._as_os_user(args)
+        return subprocess.run(args, check=True, capture_output=True, text=True, **as_user, **kwargs)
 
     def _prepare_root(self) -> None:
         if self._os_user is None:
@@ -114,12 +126,14 @@ class LocalPostgres:
     def _stop_stale(self) -> None:
         pidfile = self.pgdata / "postmaster.pid"
         if pidfile.exists():
-            subprocess.run([str(_pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-m", "immediate",
-                            "-w", "stop"], capture_output=True, user=self._os_user)
+            args, as_user = self._as_os_user([str(_pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-m",
+                                              "immediate", "-w", "stop"])
+            subprocess.run(args, capture_output=True, **as_user)
 
     def stop(self, mode: str = "fast") -> None:
-        subprocess.run([str(_pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop"],
-                       capture_output=True, user=self._os_user)
+        args, as_user = self._as_os_user([str(_pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w",
+                                          "stop"])
+        subprocess.run(args, capture_output=True, **as_user)
 
     def bin(self, name: str) -> str:
         return str(_pg_bin() / name)

@@ -103,8 +103,9 @@ class OutboxRelay:
                     last_purge = loop.time()
                 if sent >= self._batch:
                     continue  # more may be waiting
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError,
-                    ConnectionError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the relay must outlive any failed round
+                # Not only the expected errors: one unexpected exception here would end the
+                # task silently and leave every later event unsent while the service looks healthy.
                 failures += 1
                 await self._close_listener()
                 log.warning("outbox relay error", error=str(exc), failures=failures)
