@@ -10,10 +10,17 @@ Public API
 ``solve(problem: Problem, params: SolverParams = SolverParams()) -> Solution``
     CP-SAT optimisation (``cpsat.py``). ``SolverParams(time_limit_seconds=10.0,
     num_workers=2, random_seed=0, max_options_per_item=150, batch_size=1500,
-    greedy_hint=True, log_search=False)``. Deterministic for a given seed when the run
-    ends by proving optimality; a run cut by the time limit depends on machine speed.
+    greedy_hint=True, deterministic=True, deterministic_time_limit=None,
+    lns_neighbourhood=60, lns_step_budget=0.25, log_search=False)``. Deterministic by
+    default: the budget is CP-SAT work units (``deterministic_time_limit``, else
+    ``time_limit_seconds * 0.5``), spent on the whole model (single worker) and then on
+    a seeded large-neighbourhood search (``lns.py``); one seed, one Solution, on any
+    machine (the wall clock is only a safety cap at twice the time limit, noted when it
+    cuts). ``deterministic=False``: the parallel portfolio on ``num_workers`` threads
+    for ``time_limit_seconds``.
 ``solve_greedy(problem: Problem) -> Solution``
-    First-come-first-served baseline (``greedy.py``): what a booking desk does today.
+    First-come-first-served baseline (``greedy.py``): what a booking desk does today;
+    near-linear through a free-capacity index (``freeindex.py``).
 ``parse_pas(text) -> PasInstance``, ``solve_pas(instance, ...)``, ``solve_pas_greedy``,
 ``score_pas`` (``pas.py``): the Patient Admission Scheduling benchmark of Demeester et
 al. (2010), importer and literature scorer.
@@ -26,10 +33,15 @@ Problem (``model.py``, frozen dataclasses)
     ``pool`` RESERVED or OVERFLOW), ``Bed`` (one place per night, ``pool``,
     ``available_nights``) in a ``Room`` (capacity, ``GenderPolicy`` M/F/D/N, equipment)
     of a ``Department`` (age limits, specialisms with priorities).
+    Rooms name their department (matched by an admission's department) and their ward
+    (``Room.ward_id``); limits come from the ``Department`` entry keyed by the ward id
+    when given, so wards of one department keep their own age limits.
     Demand: ``Referral`` (clinic and its distance, ``Urgency``, green channel, accepted
     day, the patient's available days, gender, age) with its needs
-    ``ConsultationNeed``, ``ExamNeed`` (modality, preparation days, before/after the
-    consultation, covered by a recognised prior result) and ``AdmissionNeed`` (nights,
+    ``ConsultationNeed`` (``consultation`` and ``extra_consultations``, each with its
+    own ``item_id``), ``ExamNeed`` (modality, preparation days, before/after the
+    consultations in ``read_by``, default all, covered by a recognised prior result) and
+    ``AdmissionNeed`` (nights,
     department or specialism, required/preferred equipment, preferred room size).
     ``ExistingBooking`` (FIXED: never moves; TENTATIVE: moves at ``move_cost``; for a
     referral not in the run it only consumes capacity), ``ClinicQuota``, and
@@ -42,7 +54,8 @@ Solution (``solution.py``)
     waitlisted referral with a ``ReasonCode`` and an English and a Chinese sentence,
     the objective broken down by the names in ``TERMS``. A referral is placed whole or
     not at all. A referral with nothing to book (every exam covered by a recognised
-    result, no consultation or admission) counts as placed and has no assignments.
+    result, no consultation or admission) counts as placed, has no assignments and is
+    listed in ``Solution.placed_without_items`` (so ``placed_referral_ids()`` has it).
 
 Hard rules: capacity and pools; the patient's available days; deadlines by urgency;
 exam preparation days; exams before (or after) the consultation with a minimum gap on

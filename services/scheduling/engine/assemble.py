@@ -119,4 +119,5 @@ def build_solution(problem: Problem, cat: Catalog, base: BaseUsage, ropts: dict[
         bound=bound,
         solve_seconds=seconds,
         notes=notes,
+        placed_without_items=tuple(rid for rid, ro in ropts.items() if not ro.items),
     )

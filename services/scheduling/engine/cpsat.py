@@ -30,7 +30,8 @@ from dataclasses import dataclass, replace
 
 from ortools.sat.python import cp_model
 
-from .assemble import Picks, build_solution, clinic_targets
+from . import lns
+from .assemble import Picks, build_solution, clinic_targets, evaluate
 from .greedy import greedy_picks
 from .model import (
     BookingState,
@@ -43,6 +44,8 @@ from .model import (
     Urgency,
 )
 from .options import BaseUsage, Catalog, Option, ReferralOptions, base_usage, referral_options
+from .options import skeleton as skeleton_of
+from .placement import related_consultations
 from .solution import Solution, Status
 
 
@@ -54,12 +57,31 @@ class SolverParams:
     max_options_per_item: int | None = 150
     batch_size: int = 1500
     greedy_hint: bool = True
-    # Interleaved search gives the same answer for a seed whatever the thread timing;
-    # a run cut by the wall-clock limit still depends on machine speed, so
-    # ``deterministic_time_limit`` (CP-SAT's work units) can replace it for exact replay.
+    # Deterministic (the default): every limit is CP-SAT work ("deterministic time"),
+    # not seconds, and every search is single-threaded or seeded, so one seed gives one
+    # Solution on any machine. The work budget is ``deterministic_time_limit``, else
+    # ``time_limit_seconds * DET_UNITS_PER_SECOND``; a quarter goes to the whole model
+    # (a bound, and the optimum of small runs), the rest to the seeded LNS (``lns.py``).
+    # ``time_limit_seconds`` stays a wall-clock safety cap (``WALL_CAP_FACTOR`` times it);
+    # a run it cuts says so in ``Solution.notes`` and is not reproducible.
+    # Not deterministic: CP-SAT's parallel portfolio on ``num_workers`` threads for
+    # ``time_limit_seconds`` of wall clock.
     deterministic: bool = True
     deterministic_time_limit: float | None = None
+    lns_neighbourhood: int = 60  # referrals freed per LNS step
+    lns_step_budget: float = 0.25  # deterministic units per LNS step
     log_search: bool = False
+
+    def work_budget(self, time_limit: float) -> float:
+        if self.deterministic_time_limit is not None:
+            return self.deterministic_time_limit
+        return time_limit * DET_UNITS_PER_SECOND
+
+
+# CP-SAT deterministic units per wall second of one worker, measured on the 2-core
+# benchmark machine (about 0.5): the default budget then ends near the time limit.
+DET_UNITS_PER_SECOND = 0.5
+WALL_CAP_FACTOR = 2.0
 
 
 _URGENCY_RANK = {Urgency.EMERGENCY: 0, Urgency.URGENT: 1, Urgency.ROUTINE: 2}
@@ -81,7 +103,7 @@ def solve(problem: Problem, params: SolverParams = SolverParams()) -> Solution:
 
 def _solve_run(problem: Problem, cat: Catalog, base: BaseUsage, params: SolverParams, time_limit: float) -> tuple[dict[str, ReferralOptions], Picks, Status, float | None, tuple[str, ...]]:
     full = {r.referral_id: referral_options(problem, cat, base, r) for r in problem.referrals}
-    hint = greedy_picks(problem, full, cat, base) if params.greedy_hint else {}
+    hint = greedy_picks(problem, cat, base, full) if params.greedy_hint else {}
     if params.max_options_per_item is None:
         ropts = full
     else:
@@ -89,10 +111,39 @@ def _solve_run(problem: Problem, cat: Catalog, base: BaseUsage, params: SolverPa
             rid: referral_options(problem, cat, base, ro.referral, params.max_options_per_item, hint.get(rid))
             for rid, ro in full.items()
         }
-    picks, status, bound = _solve_block(problem, cat, base, ropts, params, time_limit, hint, clinic_targets(problem))
+    if not params.deterministic:
+        picks, status, bound, _ = _solve_block(problem, cat, base, ropts, params, time_limit, hint, clinic_targets(problem))
+        if status is None:
+            return ropts, hint, Status.FEASIBLE, None, ("CP-SAT found no solution in time; greedy allocation returned",)
+        return ropts, picks, status, bound, ()
+    started = time.perf_counter()
+    wall_deadline = started + WALL_CAP_FACTOR * time_limit
+    budget = params.work_budget(time_limit)
+    whole = _solve_block(problem, cat, base, ropts, params, WALL_CAP_FACTOR * time_limit, hint, clinic_targets(problem),
+                         det_limit=budget / 4)
+    picks, status, bound, spent = whole
+    notes: tuple[str, ...] = ()
     if status is None:
-        return ropts, hint, Status.FEASIBLE, None, ("CP-SAT found no solution in time; greedy allocation returned",)
-    return ropts, picks, status, bound, ()
+        picks, status = hint, Status.FEASIBLE
+        notes = ("CP-SAT found no solution on the whole model; greedy allocation improved by LNS",)
+    if status == Status.OPTIMAL or budget - spent <= params.lns_step_budget:
+        return ropts, picks, status, bound, notes
+    skeletons = {rid: skeleton_of(problem, ro.referral) for rid, ro in ropts.items()}
+    if hint and sum(evaluate(problem, cat, base, skeletons, hint).values()) < sum(evaluate(problem, cat, base, skeletons, picks).values()):
+        picks = hint
+
+    def sub_solve(sub, sub_cat, sub_base, sub_ropts, det, sub_hint):
+        return _solve_block(sub, sub_cat, sub_base, sub_ropts, params, WALL_CAP_FACTOR * time_limit, sub_hint, {}, det_limit=det)
+
+    picks, steps, cut = lns.improve(
+        problem, cat, base, picks, seed=params.random_seed, budget=budget - spent, wall_deadline=wall_deadline,
+        step_budget=params.lns_step_budget, neighbourhood=params.lns_neighbourhood,
+        max_options=params.max_options_per_item, solve_block=sub_solve,
+    )
+    notes += (f"deterministic: {budget:.1f} work units, whole model then {steps} LNS steps (seed {params.random_seed})",)
+    if cut:
+        notes += ("cut by the wall-clock safety cap before the work budget: not reproducible",)
+    return ropts, picks, Status.FEASIBLE, bound, notes
 
 
 def _solve_batched(problem: Problem, cat: Catalog, base: BaseUsage, params: SolverParams, started: float) -> tuple[dict[str, ReferralOptions], Picks, Status, float | None, tuple[str, ...]]:
@@ -257,29 +308,34 @@ class _Model:
         def end(pairs: list[tuple[cp_model.IntVar, Option]]) -> cp_model.LinearExpr:
             return sum(o.abs_end * v for v, o in pairs)
 
-        consult = next((it for it in ro.items if it.kind == ItemKind.CONSULTATION), None)
+        consults = [it for it in ro.items if it.kind == ItemKind.CONSULTATION]
         exams = [it for it in ro.items if it.kind == ItemKind.EXAM]
         admission = next((it for it in ro.items if it.kind == ItemKind.ADMISSION), None)
-        if consult is not None:
-            c = items[consult.item_id]
-            for e in exams:
-                pairs = items[e.item_id]
+        ordered: set[frozenset[str]] = set()
+        for e in exams:
+            pairs = items[e.item_id]
+            for ci in related_consultations(e, consults):
+                c = items[ci.item_id]
                 if e.before_consultation:
                     m.Add(end(pairs) + gap <= start(c)).OnlyEnforceIf(p)
                 else:
                     m.Add(end(c) + gap <= start(pairs)).OnlyEnforceIf(p)
-            if admission is not None:
-                a = items[admission.item_id]
+                ordered.add(frozenset((e.item_id, ci.item_id)))
+        if admission is not None:
+            a = items[admission.item_id]
+            for ci in consults:
+                c = items[ci.item_id]
                 m.Add(sum(o.day * v for v, o in a) >= sum(o.day * v for v, o in c)).OnlyEnforceIf(p)
-        # Exams on the same side of the consultation may still collide with each other.
-        groups = [[e for e in exams if e.before_consultation], [e for e in exams if not e.before_consultation]]
-        if consult is None:
-            groups = [exams]
-        for group in groups:
-            if len(group) < 2:
-                continue
+        # Timed items not ordered above (exams on one side of the consultation, two
+        # consultations) may still collide: they keep the gap apart.
+        timed = consults + exams
+        loose = [
+            it for it in timed
+            if any(other is not it and frozenset((it.item_id, other.item_id)) not in ordered for other in timed)
+        ]
+        if len(loose) >= 2:
             intervals = []
-            for e in group:
+            for e in loose:
                 pairs = items[e.item_id]
                 lo = min(o.abs_start for _, o in pairs)
                 hi = max(o.abs_end + gap for _, o in pairs)
@@ -388,7 +444,9 @@ class _Model:
             self.m.AddHint(self.worst, worst)
 
 
-def _solve_block(problem: Problem, cat: Catalog, base: BaseUsage, ropts: dict[str, ReferralOptions], params: SolverParams, time_limit: float, hint: Picks, targets: dict[str, int]) -> tuple[Picks, Status | None, float | None]:
+def _solve_block(problem: Problem, cat: Catalog, base: BaseUsage, ropts: dict[str, ReferralOptions], params: SolverParams, time_limit: float, hint: Picks, targets: dict[str, int], det_limit: float | None = None) -> tuple[Picks, Status | None, float | None, float]:
+    """One CP-SAT solve. With ``det_limit`` (deterministic mode): a single worker capped
+    in deterministic units; else the parallel portfolio for ``time_limit`` seconds."""
     model = _Model(problem, cat, base)
     for ro in ropts.values():
         model.add_referral(ro)
@@ -399,15 +457,17 @@ def _solve_block(problem: Problem, cat: Catalog, base: BaseUsage, ropts: dict[st
     model.m.Minimize(sum(c * v for c, v in model.obj) + model.const)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.1, time_limit)
-    solver.parameters.num_workers = params.num_workers
     solver.parameters.random_seed = params.random_seed
     solver.parameters.log_search_progress = params.log_search
-    solver.parameters.interleave_search = params.deterministic
-    if params.deterministic_time_limit is not None:
-        solver.parameters.max_deterministic_time = params.deterministic_time_limit
+    if det_limit is not None:
+        solver.parameters.num_workers = 1
+        solver.parameters.max_deterministic_time = max(0.01, det_limit)
+    else:
+        solver.parameters.num_workers = params.num_workers
     code = solver.Solve(model.m)
+    det = solver.response_proto.deterministic_time
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return {}, None, None
+        return {}, None, None, det
     picks: Picks = {}
     for rid, p in model.placed.items():
         if solver.BooleanValue(p):
@@ -416,4 +476,4 @@ def _solve_block(problem: Problem, cat: Catalog, base: BaseUsage, ropts: dict[st
                 for item_id, pairs in model.x[rid].items()
             }
     status = Status.OPTIMAL if code == cp_model.OPTIMAL else Status.FEASIBLE
-    return picks, status, solver.BestObjectiveBound()
+    return picks, status, solver.BestObjectiveBound(), det

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model import Department, ItemKind, Problem, deadline_day
+from .model import ItemKind, Problem, deadline_day
 from .options import Catalog, ReferralOptions, bed_admits
 from .placement import Usage, place_referral
 from .solution import ReasonCode, UnplacedReferral
@@ -54,15 +54,16 @@ def diagnose(problem: Problem, cat: Catalog, ro: ReferralOptions, fresh: Usage) 
     for item in ro.items:
         if item.options:
             continue
-        if item.kind == ItemKind.CONSULTATION and r.consultation:
-            return unplaced(problem, ro, ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE, item.item_id, r.consultation.department)
+        if item.kind == ItemKind.CONSULTATION:
+            department = next(c.department for c in r.all_consultations() if c.item_id == item.item_id)
+            return unplaced(problem, ro, ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE, item.item_id, department)
         if item.kind == ItemKind.EXAM:
             modality = next(e.modality for e in r.exams if e.item_id == item.item_id)
             return unplaced(problem, ro, ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE, item.item_id, modality)
         need = r.admission
         assert need is not None
         matching = any(
-            bed_admits(r, need, cat.rooms[b.room_id], cat.departments.get(cat.rooms[b.room_id].department_id, Department(cat.rooms[b.room_id].department_id)))
+            bed_admits(r, need, cat.rooms[b.room_id], cat.unit_of(cat.rooms[b.room_id]))
             for b in problem.beds
         )
         code = ReasonCode.NO_BED_NIGHTS_BEFORE_DEADLINE if matching else ReasonCode.NO_MATCHING_BED

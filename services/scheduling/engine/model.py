@@ -97,7 +97,14 @@ class ExamSlot:
 
 @dataclass(frozen=True)
 class Department:
-    """An inpatient department (ward); age limits are inclusive, ``None`` means none."""
+    """An inpatient unit's limits; age limits are inclusive, ``None`` means none.
+
+    A room names its clinical department (``Room.department_id``, what an admission's
+    ``department`` is matched against) and optionally its ward (``Room.ward_id``). The
+    limits and specialisms of a room are those of the Department whose id is the room's
+    ward id when it has one, else its department id: so two wards of one department
+    each keep their own age limits and specialisms.
+    """
 
     department_id: str
     min_age: int | None = None
@@ -116,6 +123,13 @@ class Room:
     # Genders of patients already in the room (not part of this run), by night; they
     # bind SAME_PER_NIGHT rooms.
     occupant_genders: tuple[tuple[int, Gender], ...] = ()
+    # The ward the room belongs to: keys the Department entry holding its limits.
+    ward_id: str | None = None
+
+    @property
+    def unit_id(self) -> str:
+        """Id of the Department entry that holds this room's limits and specialisms."""
+        return self.ward_id or self.department_id
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,8 @@ class ConsultationNeed:
     department: str
     preferred_doctor_id: str | None = None
     preferred_title: Title | None = None
+    # Unique inside the referral; a second consultation (another department) needs its own.
+    item_id: str = CONSULTATION_ITEM_ID
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,9 @@ class ExamNeed:
     before_consultation: bool = True
     # Covered by a recognised prior result (结果互认): no exam is booked.
     recognised_prior_result: bool = False
+    # Item ids of the consultations that read (before) or follow (after) the exam;
+    # empty = every consultation of the referral.
+    read_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,13 @@ class Referral:
     admission: AdmissionNeed | None = None
     patient_gender: Gender | None = None
     patient_age: int | None = None
+    # Further consultations (e.g. a second department), each with its own item id; the
+    # first one (``consultation``) measures the wait.
+    extra_consultations: tuple[ConsultationNeed, ...] = ()
+
+    def all_consultations(self) -> tuple[ConsultationNeed, ...]:
+        first = (self.consultation,) if self.consultation is not None else ()
+        return first + self.extra_consultations
 
 
 @dataclass(frozen=True)

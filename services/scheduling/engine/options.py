@@ -10,28 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import (
-    ADMISSION_ITEM_ID,
-    CONSULTATION_ITEM_ID,
-    AdmissionNeed,
-    Bed,
-    BookingState,
-    Department,
-    ExamNeed,
-    ExamSlot,
-    ExistingBooking,
-    Gender,
-    GenderPolicy,
-    ItemKind,
-    OutpatientSlot,
-    Pool,
-    Problem,
-    Referral,
-    Room,
-    Title,
-    deadline_day,
-    exams_to_book,
-)
+from .model import ADMISSION_ITEM_ID, AdmissionNeed, Bed, BookingState, ConsultationNeed, Department, ExamNeed
+from .model import ExamSlot, ExistingBooking, Gender, GenderPolicy, ItemKind, OutpatientSlot, Pool, Problem
+from .model import Referral, Room, Title, deadline_day, exams_to_book
 
 MINUTES_PER_DAY = 1440
 
@@ -73,6 +54,8 @@ class ItemOptions:
     # Exams: whether the consultation reads this exam (so it comes first).
     before_consultation: bool = True
     pinned: bool = False  # a FIXED booking: the only option is where it already is
+    # Exams: the consultations the order applies to (empty: all of the referral's).
+    read_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +93,10 @@ class Catalog:
     beds: dict[str, Bed]
     outpatient_by_department: dict[str, tuple[OutpatientSlot, ...]]
     exams_by_modality: dict[str, tuple[ExamSlot, ...]]
+
+    def unit_of(self, room: Room) -> Department:
+        """The Department entry (ward, else department) holding the room's limits."""
+        return self.departments.get(room.unit_id, Department(room.unit_id))
 
     @staticmethod
     def of(problem: Problem) -> Catalog:
@@ -162,9 +149,8 @@ def base_usage(problem: Problem, catalog: Catalog) -> BaseUsage:
 # --------------------------------------------------------------------------- option costs
 
 
-def consultation_costs(problem: Problem, referral: Referral, slot: OutpatientSlot) -> list[tuple[str, int]]:
+def consultation_costs(problem: Problem, need: ConsultationNeed | None, slot: OutpatientSlot) -> list[tuple[str, int]]:
     w = problem.config.weights
-    need = referral.consultation
     costs: list[tuple[str, int]] = []
     if need is not None and need.preferred_doctor_id and slot.doctor_id != need.preferred_doctor_id:
         costs.append(("preferred_doctor", w.preferred_doctor))
@@ -238,9 +224,7 @@ def _with_extra(problem: Problem, referral: Referral, item_id: str, base: list[t
     return Option(**{**option.__dict__, "costs": tuple(costs)})
 
 
-def _consultation_options(problem: Problem, cat: Catalog, usage: BaseUsage, referral: Referral) -> list[tuple[Option, list[tuple[str, int]]]]:
-    need = referral.consultation
-    assert need is not None
+def _consultation_options(problem: Problem, cat: Catalog, usage: BaseUsage, referral: Referral, need: ConsultationNeed) -> list[tuple[Option, list[tuple[str, int]]]]:
     days = set(_window(problem, referral, referral.accepted_day))
     out = []
     for s in cat.outpatient_by_department.get(need.department, ()):
@@ -254,7 +238,7 @@ def _consultation_options(problem: Problem, cat: Catalog, usage: BaseUsage, refe
         if free <= 0:
             continue
         opt = Option(s.slot_id, s.day, s.start_minute, s.length_minutes, Pool.RESERVED)
-        out.append((opt, consultation_costs(problem, referral, s)))
+        out.append((opt, consultation_costs(problem, need, s)))
     return out
 
 
@@ -281,7 +265,7 @@ def _admission_options(problem: Problem, cat: Catalog, usage: BaseUsage, referra
         if bed.pool == Pool.OVERFLOW and not referral.green_channel:
             continue
         room = cat.rooms[bed.room_id]
-        dept = cat.departments.get(room.department_id, Department(room.department_id))
+        dept = cat.unit_of(room)
         if not bed_admits(referral, need, room, dept):
             continue
         costs = bed_costs(problem, need, room, dept, bed.pool)
@@ -301,11 +285,11 @@ def _admission_options(problem: Problem, cat: Catalog, usage: BaseUsage, referra
     return out
 
 
-def _pinned_option(problem: Problem, cat: Catalog, referral: Referral, kind: ItemKind, booking: ExistingBooking) -> tuple[Option, list[tuple[str, int]]]:
+def _pinned_option(problem: Problem, cat: Catalog, referral: Referral, kind: ItemKind, booking: ExistingBooking, need: ConsultationNeed | None = None) -> tuple[Option, list[tuple[str, int]]]:
     rid = booking.resource_id
     if kind == ItemKind.CONSULTATION and rid in cat.outpatient:
         s = cat.outpatient[rid]
-        return Option(rid, s.day, s.start_minute, s.length_minutes, Pool.RESERVED), consultation_costs(problem, referral, s)
+        return Option(rid, s.day, s.start_minute, s.length_minutes, Pool.RESERVED), consultation_costs(problem, need, s)
     if kind == ItemKind.EXAM and rid in cat.exams:
         e = cat.exams[rid]
         costs = [("overflow", problem.config.weights.overflow_use)] if e.pool == Pool.OVERFLOW else []
@@ -313,7 +297,7 @@ def _pinned_option(problem: Problem, cat: Catalog, referral: Referral, kind: Ite
     if kind == ItemKind.ADMISSION and rid in cat.beds and booking.start_night is not None and referral.admission:
         bed = cat.beds[rid]
         room = cat.rooms[bed.room_id]
-        dept = cat.departments.get(room.department_id, Department(room.department_id))
+        dept = cat.unit_of(room)
         nights = tuple(range(booking.start_night, booking.start_night + referral.admission.nights))
         return Option(rid, booking.start_night, 0, 0, bed.pool, nights, room.room_id), bed_costs(problem, referral.admission, room, dept, bed.pool)
     raise ValueError(f"fixed booking of {booking.referral_id}/{booking.item_id} names unknown resource {rid}")
@@ -326,25 +310,21 @@ def referral_options(problem: Problem, cat: Catalog, usage: BaseUsage, referral:
     ``keep`` (e.g. the greedy hint) survive the cut.
     """
     bookings = {(b.referral_id, b.item_id): b for b in problem.existing if b.referral_id == referral.referral_id}
-    specs: list[tuple[str, ItemKind, bool]] = []
-    if referral.consultation is not None:
-        specs.append((CONSULTATION_ITEM_ID, ItemKind.CONSULTATION, True))
+    consults = {c.item_id: c for c in referral.all_consultations()}
     exams = {e.item_id: e for e in exams_to_book(referral)}
-    specs.extend((e.item_id, ItemKind.EXAM, e.before_consultation) for e in exams.values())
-    if referral.admission is not None:
-        specs.append((ADMISSION_ITEM_ID, ItemKind.ADMISSION, True))
+    specs = item_specs(referral)
     anchor = _anchor_item(referral, specs)
     items = []
     forced = False
     for item_id, kind, before in specs:
         booking = bookings.get((referral.referral_id, item_id))
         if booking is not None and booking.state == BookingState.FIXED:
-            raw = [_pinned_option(problem, cat, referral, kind, booking)]
+            raw = [_pinned_option(problem, cat, referral, kind, booking, consults.get(item_id))]
             tentative = None
             forced = True
         else:
             if kind == ItemKind.CONSULTATION:
-                raw = _consultation_options(problem, cat, usage, referral)
+                raw = _consultation_options(problem, cat, usage, referral, consults[item_id])
             elif kind == ItemKind.EXAM:
                 raw = _exam_options(problem, cat, usage, referral, exams[item_id])
             else:
@@ -354,13 +334,37 @@ def referral_options(problem: Problem, cat: Catalog, usage: BaseUsage, referral:
         opts.sort(key=lambda o: (o.abs_start, o.resource_id))
         if max_options is not None and len(opts) > max_options:
             opts = _cut(opts, max_options, (keep or {}).get(item_id), tentative)
-        items.append(ItemOptions(item_id, kind, tuple(opts), before, pinned=tentative is None and booking is not None))
+        read_by = tuple(r for r in exams[item_id].read_by if r in consults) if kind == ItemKind.EXAM else ()
+        items.append(ItemOptions(item_id, kind, tuple(opts), before, pinned=tentative is None and booking is not None, read_by=read_by))
     return ReferralOptions(
         referral=referral,
         items=tuple(items),
         anchor_item_id=anchor,
         trip_cost=problem.config.weights.trip_cost(referral.clinic_distance_km),
         forced=forced and all(i.options for i in items),
+    )
+
+
+def item_specs(referral: Referral) -> list[tuple[str, ItemKind, bool]]:
+    """(item id, kind, before the consultation) of every item to book, in booking order:
+    consultations, exams, admission."""
+    specs: list[tuple[str, ItemKind, bool]] = [(c.item_id, ItemKind.CONSULTATION, True) for c in referral.all_consultations()]
+    specs.extend((e.item_id, ItemKind.EXAM, e.before_consultation) for e in exams_to_book(referral))
+    if referral.admission is not None:
+        specs.append((ADMISSION_ITEM_ID, ItemKind.ADMISSION, True))
+    return specs
+
+
+def skeleton(problem: Problem, referral: Referral) -> ReferralOptions:
+    """The referral's items without their candidate options: enough to price a placement
+    (the chosen options carry their own costs), not to search one."""
+    specs = item_specs(referral)
+    read_by = {e.item_id: e.read_by for e in referral.exams}
+    return ReferralOptions(
+        referral=referral,
+        items=tuple(ItemOptions(i, k, (), b, read_by=read_by.get(i, ())) for i, k, b in specs),
+        anchor_item_id=_anchor_item(referral, specs),
+        trip_cost=problem.config.weights.trip_cost(referral.clinic_distance_km),
     )
 
 
@@ -383,8 +387,12 @@ def _cut(opts: list[Option], limit: int, keep: Option | None, tentative: Existin
 
 
 def _anchor_item(referral: Referral, specs: list[tuple[str, ItemKind, bool]]) -> str | None:
-    """The consultation if any, else the admission, else the last exam."""
-    kinds = {kind: item_id for item_id, kind, _ in specs}
+    """The first consultation if any, else the admission, else the last exam."""
+    kinds: dict[ItemKind, str] = {}
+    for item_id, kind, _ in specs:
+        kinds.setdefault(kind, item_id)
+    if ItemKind.EXAM in kinds:
+        kinds[ItemKind.EXAM] = [i for i, k, _ in specs if k == ItemKind.EXAM][-1]
     for kind in (ItemKind.CONSULTATION, ItemKind.ADMISSION):
         if kind in kinds:
             return kinds[kind]

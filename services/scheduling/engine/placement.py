@@ -61,33 +61,43 @@ def _apart(o: Option, busy: list[Option], gap: int) -> bool:
     return all(o.abs_end + gap <= b.abs_start or b.abs_end + gap <= o.abs_start for b in busy)
 
 
+def related_consultations(exam: ItemOptions, consults: list[ItemOptions]) -> list[ItemOptions]:
+    """The consultations an exam is ordered against (its ``read_by``, else all)."""
+    return [c for c in consults if not exam.read_by or c.item_id in exam.read_by]
+
+
 def place_referral(ro: ReferralOptions, usage: Usage, gap: int) -> dict[str, Option] | None:
     """Earliest placement of every item (first come, first served), or None.
 
-    Tries the consultation slots in time order; for each, books every exam at its
-    earliest free slot that keeps the order and the minimum gap, then the earliest bed
-    from the consultation's day on. Does not change ``usage``.
+    Tries the first consultation's slots in time order; for each, books every further
+    consultation at its earliest free slot apart from the items already chosen, every
+    exam at its earliest free slot that keeps the order and the minimum gap, then the
+    earliest bed from the last consultation's day on. Does not change ``usage``.
     """
     r = ro.referral
-    consult = next((i for i in ro.items if i.kind == ItemKind.CONSULTATION), None)
+    consults = [i for i in ro.items if i.kind == ItemKind.CONSULTATION]
     exams = [i for i in ro.items if i.kind == ItemKind.EXAM]
     admission = next((i for i in ro.items if i.kind == ItemKind.ADMISSION), None)
     if any(not i.options for i in ro.items):
         return None
+    first = consults[0] if consults else None
     consult_choices: list[Option | None] = (
-        [o for o in consult.options if usage.fits(r, consult.kind, o)] if consult else [None]
+        [o for o in first.options if usage.fits(r, first.kind, o)] if first else [None]
     )
     for c in consult_choices:
         picks: dict[str, Option] = {}
         busy: list[Option] = []
-        if c is not None and consult is not None:
-            picks[consult.item_id] = c
+        if c is not None and first is not None:
+            picks[first.item_id] = c
             busy.append(c)
-        if not _place_exams(r, exams, c, usage, gap, picks, busy):
+        if not _place_more_consultations(r, consults[1:], usage, gap, picks, busy):
+            continue
+        if not _place_exams(r, exams, consults, usage, gap, picks, busy):
             continue
         if admission is not None:
+            last = max((picks[i.item_id].day for i in consults), default=None)
             bed = next(
-                (o for o in admission.options if (c is None or o.day >= c.day) and usage.fits(r, admission.kind, o)),
+                (o for o in admission.options if (last is None or o.day >= last) and usage.fits(r, admission.kind, o)),
                 None,
             )
             if bed is None:
@@ -97,22 +107,46 @@ def place_referral(ro: ReferralOptions, usage: Usage, gap: int) -> dict[str, Opt
     return None
 
 
-def _place_exams(r: Referral, exams: list[ItemOptions], c: Option | None, usage: Usage, gap: int, picks: dict[str, Option], busy: list[Option]) -> bool:
+def _place_more_consultations(r: Referral, consults: list[ItemOptions], usage: Usage, gap: int, picks: dict[str, Option], busy: list[Option]) -> bool:
+    for item in consults:
+        pick = next((o for o in item.options if _apart(o, busy, gap) and usage.fits(r, item.kind, o)), None)
+        if not commit(picks, busy, item.item_id, pick):
+            return False
+    return True
+
+
+def _place_exams(r: Referral, exams: list[ItemOptions], consults: list[ItemOptions], usage: Usage, gap: int, picks: dict[str, Option], busy: list[Option]) -> bool:
     for e in exams:
+        related = [picks[c.item_id] for c in related_consultations(e, consults)]
+        before = min((c.abs_start for c in related), default=None)
+        after = max((c.abs_end for c in related), default=None)
         pick = None
         for o in e.options:
-            if c is not None:
-                if e.before_consultation and o.abs_start + gap > c.abs_start:
-                    break  # options are in start order: nothing later can precede c
-                if e.before_consultation and o.abs_end + gap > c.abs_start:
-                    continue
-                if not e.before_consultation and o.abs_start < c.abs_end + gap:
-                    continue
-            if _apart(o, busy, gap) and usage.fits(r, e.kind, o):
+            verdict = order_verdict(e.before_consultation, o, before, after, gap) if related else None
+            if verdict == "stop":
+                break
+            if verdict is None and _apart(o, busy, gap) and usage.fits(r, e.kind, o):
                 pick = o
                 break
-        if pick is None:
+        if not commit(picks, busy, e.item_id, pick):
             return False
-        picks[e.item_id] = pick
-        busy.append(pick)
+    return True
+
+
+def order_verdict(before_consultation: bool, o: Option, before: int, after: int, gap: int) -> str | None:
+    """Whether an exam option keeps its order to the consultations: None (it does),
+    "skip" (not this one) or "stop" (options are in start order: no later one will)."""
+    if before_consultation:
+        if o.abs_start + gap > before:
+            return "stop"
+        return "skip" if o.abs_end + gap > before else None
+    return "skip" if o.abs_start < after + gap else None
+
+
+def commit(picks: dict[str, Option], busy: list[Option], item_id: str, pick: Option | None) -> bool:
+    """Record an item's pick; False when there is none (the placement fails)."""
+    if pick is None:
+        return False
+    picks[item_id] = pick
+    busy.append(pick)
     return True

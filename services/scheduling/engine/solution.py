@@ -77,9 +77,12 @@ class Solution:
     bound: float | None = None  # proven lower bound on ``objective`` (CP-SAT, unbatched)
     solve_seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    # Referrals with nothing to book (every exam covered by a recognised prior result,
+    # no consultation or admission): placed, with no assignment.
+    placed_without_items: tuple[str, ...] = ()
 
     def placed_referral_ids(self) -> frozenset[str]:
-        return frozenset(a.referral_id for a in self.assignments)
+        return frozenset(a.referral_id for a in self.assignments) | frozenset(self.placed_without_items)
 
     def items_of(self, referral_id: str) -> dict[str, ItemAssignment]:
         return {a.item_id: a for a in self.assignments if a.referral_id == referral_id}

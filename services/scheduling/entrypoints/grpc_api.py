@@ -10,6 +10,7 @@ import grpc
 from referral.v1 import types_pb2 as rtypes
 from scheduling.v1 import scheduling_service_pb2 as pb
 from scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
+from services.common import audit
 from services.common.auth import Caller, Role, current_caller
 from services.common.errors import FailedPrecondition, NotFound, Violations
 from services.scheduling.adapters import repository as repo
@@ -22,6 +23,9 @@ _BOOKING_NAME = re.compile(r"^bookings/([0-9a-f]{32})$")
 _BED_STATUS = {pb.BED_STATUS_FREE: BedStatus.FREE, pb.BED_STATUS_OCCUPIED: BedStatus.OCCUPIED,
                pb.BED_STATUS_CLEANING: BedStatus.CLEANING, pb.BED_STATUS_BLOCKED: BedStatus.BLOCKED}
 _ANYWHERE = (Role.SERVICE, Role.CONSORTIUM_OFFICE)
+# This service does not know which consortium a hospital belongs to, so a consortium
+# office may read aggregates anywhere but neither patients' bookings nor any write.
+_PATIENT_DATA_ANYWHERE = (Role.SERVICE,)
 
 
 def hospital_scope(hospital_id: str, *roles: Role) -> Caller:
@@ -42,11 +46,23 @@ def bed_scope(*roles: Role) -> str | None:
 def booking_visible(caller: Caller, row) -> bool:
     if row is None:
         return False
-    if caller.role in _ANYWHERE:
+    if caller.role in _PATIENT_DATA_ANYWHERE:
         return True
     if caller.role == Role.CLINIC_DOCTOR:
         return row["sending_institution_id"] == caller.institution_id
     return row["hospital_id"] == caller.institution_id
+
+
+async def patients_of(conn, referral_ids: list[str]) -> dict[str, str]:
+    """The patients (keyed hashes) of referrals, from the snapshots their events carried."""
+    rows = await conn.fetch("SELECT referral_id, snapshot FROM referrals WHERE referral_id = ANY($1::text[])",
+                            referral_ids)
+    return {r["referral_id"]: rtypes.ReferralSnapshot.FromString(r["snapshot"]).patient.patient_id for r in rows}
+
+
+async def audit_booking(conn, caller: Caller, booking_id: str, referral_id: str) -> None:
+    patients = await patients_of(conn, [referral_id])
+    await audit.record(conn, caller, audit.rpc_method(), f"bookings/{booking_id}", patients.get(referral_id))
 
 
 def booking_id_of(name: str) -> str:
@@ -103,7 +119,7 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
     # ----------------------------------------------------------------- capacity
 
     async def SetReservationPolicy(self, request, context):
-        hospital_scope(request.policy.hospital_id, Role.REFERRAL_DESK, *_ANYWHERE)
+        hospital_scope(request.policy.hospital_id, Role.REFERRAL_DESK, *_PATIENT_DATA_ANYWHERE)
         resources.validate_policy(request.policy)
         async with self.pool.acquire() as conn, conn.transaction():
             await resources.set_policy(conn, request.policy)
@@ -146,8 +162,11 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
     async def AllocateReferral(self, request, context):
         hospital_scope(request.referral.hospital_id, Role.SERVICE, Role.REFERRAL_DESK)
         validate_snapshot(request.referral)
+        caller = current_caller()
         async with self.pool.acquire() as conn, conn.transaction():
             outcome = await allocate(conn, self.sched, request.referral)
+            await audit.record(conn, caller, "AllocateReferral", f"referrals/{request.referral.referral_id}",
+                               request.referral.patient.patient_id or None)
             result = pb.AllocationResult(waitlisted=outcome.waitlisted, reason_code=outcome.reason_code,
                                          reason=outcome.reason)
             if outcome.booking_id:
@@ -165,6 +184,7 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         current_caller().require(*Role)
         async with self.pool.acquire() as conn:
             row = await self._visible_booking(conn, request.name)
+            await audit_booking(conn, current_caller(), row["booking_id"], row["referral_id"])
             return await rendering.booking_view(conn, row["booking_id"])
 
     async def Reschedule(self, request, context):
@@ -178,6 +198,7 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         async with self.pool.acquire() as conn, conn.transaction():
             row = await self._visible_booking(conn, request.name, for_update=True)
             await bookings.reschedule(conn, self.sched, row, list(request.available_dates), request.reason)
+            await audit_booking(conn, current_caller(), row["booking_id"], row["referral_id"])
             out = await rendering.booking_view(conn, row["booking_id"])
         self.sched.on_capacity_freed(row["hospital_id"])
         return out
@@ -197,6 +218,7 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
             elif row["state"] != "CANCELLED":
 
                 raise FailedPrecondition("已就诊或已爽约的预约不能取消", reason="BOOKING_NOT_LIVE")
+            await audit_booking(conn, current_caller(), row["booking_id"], row["referral_id"])
             out = await rendering.booking_view(conn, row["booking_id"])
         self.sched.on_capacity_freed(row["hospital_id"])
         return out
@@ -217,10 +239,16 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
     # ----------------------------------------------------------------- bed board
 
     async def GetBedBoard(self, request, context):
-        hospital_scope(request.hospital_id, Role.BED_MANAGER, Role.REFERRAL_DESK, *_ANYWHERE)
+        # The board names the referrals holding beds: patient data, so no foreign office.
+        caller = hospital_scope(request.hospital_id, Role.BED_MANAGER, Role.REFERRAL_DESK, *_PATIENT_DATA_ANYWHERE)
         async with self.pool.acquire() as conn:
-            return await queries.bed_board(conn, request.hospital_id, request.ward_id,
-                                           calendar.local_date(self.sched.clock()))
+            board = await queries.bed_board(conn, request.hospital_id, request.ward_id,
+                                            calendar.local_date(self.sched.clock()))
+            held = [b for b in board.beds if b.held_referral_id]
+            patients = await patients_of(conn, [b.held_referral_id for b in held])
+            await audit.record_many(conn, caller, "GetBedBoard", [
+                (f"beds/{b.bed_id}", patients.get(b.held_referral_id)) for b in held])
+            return board
 
     async def _bed_state(self, conn, hospital_id: str, bed_id: str) -> pb.BedState:
         board = await queries.bed_board(conn, hospital_id, "", calendar.local_date(self.sched.clock()), bed_id)
@@ -264,6 +292,7 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         async with self.pool.acquire() as conn, conn.transaction():
             await bedboard.hold(conn, request.bed_id, scope, request.booking_id)
             row = await repo.get_booking(conn, request.booking_id)
+            await audit_booking(conn, current_caller(), row["booking_id"], row["referral_id"])
             return await self._bed_state(conn, row["hospital_id"], request.bed_id)
 
     async def ReleaseBedHold(self, request, context):
@@ -271,7 +300,16 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         v = Violations()
         resources.check_id(v, request.bed_id, "bed_id")
         v.raise_if_any()
-        return await self._change_bed(request.bed_id, lambda conn: bedboard.release_hold(conn, request.bed_id, scope))
+        caller = current_caller()
+
+        async def release(conn) -> str:
+            held = await repo.get_booking(conn, await conn.fetchval(
+                "SELECT held_booking_id FROM beds WHERE bed_id = $1", request.bed_id) or "")
+            hospital = await bedboard.release_hold(conn, request.bed_id, scope)
+            if held is not None:
+                await audit_booking(conn, caller, held["booking_id"], held["referral_id"])
+            return hospital
+        return await self._change_bed(request.bed_id, release)
 
 
 def registrar(pool: asyncpg.Pool, sched: Scheduler):

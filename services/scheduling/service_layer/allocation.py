@@ -71,6 +71,28 @@ async def _quotas(conn, hospital_id: str) -> dict[str, int]:
     return {k: int(v) for k, v in (json.loads(raw) if isinstance(raw, str) else raw).items()}
 
 
+QUOTA_EXHAUSTED = ("QUOTA_EXHAUSTED", "本机构在该医院的转诊预约名额已用完，已进入候补队列；急诊、加急及绿色通道转诊不受此限")
+
+
+def quota_bound(snapshot: rtypes.ReferralSnapshot) -> bool:
+    """Whether a hard clinic quota applies: routine referrals outside the green channel."""
+    return not snapshot.green_channel and snapshot.urgency not in ea._URGENCY
+
+
+async def quota_left(conn, hospital_id: str) -> dict[str, int] | None:
+    """Places left per clinic under a hard quota policy (None: quotas are soft). A clinic
+    uses a place per live booking (TENTATIVE or CONFIRMED) at the hospital."""
+    hard = await conn.fetchval("SELECT quotas_hard FROM reservation_policies WHERE hospital_id = $1 "
+                               "AND resource_type = 'outpatient'", hospital_id)
+    if not hard:
+        return None
+    quotas = await _quotas(conn, hospital_id)
+    rows = await conn.fetch("SELECT sending_institution_id AS clinic, count(*) AS n FROM bookings "
+                            "WHERE hospital_id = $1 AND state IN ('TENTATIVE', 'CONFIRMED') GROUP BY 1", hospital_id)
+    used = {r["clinic"]: r["n"] for r in rows}
+    return {c: q - used.get(c, 0) for c, q in quotas.items()}
+
+
 async def write_items(conn, booking_id: str, demand: ea.Demand, assignments, horizon: ea.Horizon) -> None:
     for a in assignments:
         need_id = demand.need_of_item.get(a.item_id, a.item_id)
@@ -124,13 +146,17 @@ async def _book(conn, snapshot: rtypes.ReferralSnapshot, demand: ea.Demand, solu
     await repo.insert_booking(conn, booking_id=booking_id, referral_id=snapshot.referral_id,
                               hospital_id=snapshot.hospital_id,
                               sending_institution_id=snapshot.sending_institution_id)
-    await write_items(conn, booking_id, demand, solution.items_of(snapshot.referral_id).values(), horizon)
+    assignments = solution.items_of(snapshot.referral_id).values()
+    await write_items(conn, booking_id, demand, assignments, horizon)
     await repo.set_referral_state(conn, snapshot.referral_id, "SCHEDULED")
     items = await rendering.items_of(conn, booking_id)
+    # Nothing to book (every need covered by a recognised prior result): the referral is
+    # placed all the same, with an empty booking and a note saying why.
+    nothing = not assignments
     event = events_pb2.ReferralScheduled(
         referral_id=snapshot.referral_id, booking_id=booking_id, hospital_id=snapshot.hospital_id,
         sending_institution_id=snapshot.sending_institution_id, items=items, trips=rendering.trips(items),
-        bring=preparation.BRING)
+        bring=preparation.BRING, nothing_to_book=nothing, note=NOTHING_TO_BOOK if nothing else "")
     env = await outbox.add(conn, event, aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id,
                            request_id=request_id)
     await repo.set_scheduled_event(conn, booking_id, env.event_id)
@@ -148,6 +174,7 @@ async def _waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: 
             aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id, request_id=request_id)
 
 
+NOTHING_TO_BOOK = "所需检查均有互认的既往结果，无需另行预约；请携带既往检查结果前来就诊或等待医院联系"
 NO_CAPACITY = ("CAPACITY_TAKEN", "号源已被其他转诊占用，已进入候补队列")
 
 
@@ -168,6 +195,10 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
                              sending_institution_id=snapshot.sending_institution_id,
                              snapshot=snapshot.SerializeToString(), accepted_at=accepted_at, state="WAITLISTED")
     horizon = sched.horizon(now)
+    left = await quota_left(conn, snapshot.hospital_id)
+    if left is not None and quota_bound(snapshot) and left.get(snapshot.sending_institution_id, 1) <= 0:
+        await _waitlist(conn, snapshot, *QUOTA_EXHAUSTED, request_id, first_time)
+        return Outcome(rid, reason_code=QUOTA_EXHAUSTED[0], reason=QUOTA_EXHAUSTED[1])
     for attempt in range(sched.settings.conflict_retries):
         capacity = await ea.load_capacity(conn, snapshot.hospital_id, horizon, now, [])
         demand = ea.referral_demand(snapshot, accepted_at, horizon, capacity.prep_days)
@@ -204,6 +235,20 @@ async def reoptimise(conn: asyncpg.Connection, sched: Scheduler, hospital_id: st
     await repo.confirm_sent(conn, hospital_id)
     horizon = sched.horizon(now)
     waiting = await repo.waitlisted(conn, hospital_id, now - timedelta(days=sched.settings.horizon_days))
+    left = await quota_left(conn, hospital_id)
+    if left is not None:
+        # Under a hard quota, only as many routine referrals of a clinic as it has
+        # places left are offered to the engine, oldest first.
+        kept = []
+        for row in waiting:
+            snap = rtypes.ReferralSnapshot.FromString(row["snapshot"])
+            clinic = snap.sending_institution_id
+            if quota_bound(snap) and clinic in left:
+                if left[clinic] <= 0:
+                    continue
+                left[clinic] -= 1
+            kept.append(row)
+        waiting = kept
     if not waiting:
         return []
     tentative = await repo.tentative_bookings(conn, hospital_id)

@@ -57,17 +57,21 @@ class Demand:
 def referral_demand(snapshot: rtypes.ReferralSnapshot, accepted_at: datetime, horizon: Horizon,
                     prep_days: dict[str, int], available: list[types_pb2.Date] | None = None) -> Demand:
     need_of_item: dict[str, str] = {}
-    consultation = None
+    consultations: list[engine.ConsultationNeed] = []
     exams: list[engine.ExamNeed] = []
     admission = None
     for need in snapshot.needs:
         kind = need.WhichOneof("kind")
-        if kind == "consultation" and consultation is None:
+        if kind == "consultation":
+            # The first consultation keeps the engine's default item id (it measures the
+            # wait); a further one (another department) is keyed by its need id. Every
+            # exam comes before every consultation (each may read it).
             c = need.consultation
-            consultation = engine.ConsultationNeed(
+            item_id = engine.CONSULTATION_ITEM_ID if not consultations else f"consultation-{need.need_id}"
+            consultations.append(engine.ConsultationNeed(
                 department=c.department, preferred_doctor_id=c.doctor_id or None,
-                preferred_title=engine.Title.EXPERT if c.expert else None)
-            need_of_item[engine.CONSULTATION_ITEM_ID] = need.need_id
+                preferred_title=engine.Title.EXPERT if c.expert else None, item_id=item_id))
+            need_of_item[item_id] = need.need_id
         elif kind == "exam":
             exams.append(engine.ExamNeed(
                 item_id=need.need_id, modality=need.exam.modality,
@@ -93,7 +97,8 @@ def referral_demand(snapshot: rtypes.ReferralSnapshot, accepted_at: datetime, ho
         clinic_distance_km=max(0.0, snapshot.clinic_distance_km),
         urgency=_URGENCY.get(snapshot.urgency, engine.Urgency.ROUTINE),
         accepted_day=min(0, horizon.index(calendar.local_date(accepted_at))),
-        available_days=days, green_channel=snapshot.green_channel, consultation=consultation,
+        available_days=days, green_channel=snapshot.green_channel,
+        consultation=consultations[0] if consultations else None, extra_consultations=tuple(consultations[1:]),
         exams=tuple(exams), admission=admission, patient_gender=gender,
         patient_age=snapshot.patient.age_years or None)
     return Demand(referral, need_of_item, gender.value if gender else None)
@@ -138,17 +143,18 @@ async def load_capacity(conn, hospital_id: str, horizon: Horizon, now: datetime,
         if n["gender"]:
             genders.setdefault(n["room_id"], set()).add((idx, engine.Gender(n["gender"])))
     for b in await repo.beds(conn, hospital_id):
-        # Rooms key their ward as the engine's "department" so age limits and
-        # specialisms are per ward; the admission's department is matched through it.
-        dept_id = b["department"]
-        if dept_id not in departments:
-            departments[dept_id] = engine.Department(
-                dept_id, min_age=b["min_age"], max_age=b["max_age"],
+        # A room's department is what an admission's department is matched against; its
+        # ward keys the engine's limits (age, specialisms), so two wards of one
+        # department keep their own.
+        ward_id = b["ward_id"]
+        if ward_id not in departments:
+            departments[ward_id] = engine.Department(
+                ward_id, min_age=b["min_age"], max_age=b["max_age"],
                 specialisms=tuple((s, i + 1) for i, s in enumerate(b["specialisms"])))
         if b["room_id"] not in rooms:
             rooms[b["room_id"]] = engine.Room(
-                b["room_id"], dept_id, b["capacity"], _POLICY[b["gender_policy"]], frozenset(b["equipment"]),
-                tuple(sorted(genders.get(b["room_id"], ()))))
+                b["room_id"], b["department"], b["capacity"], _POLICY[b["gender_policy"]],
+                frozenset(b["equipment"]), tuple(sorted(genders.get(b["room_id"], ()))), ward_id=ward_id)
         first = first_bookable_night(BedStatus(b["status"]), b["expected_discharge"], horizon.today)
         if first is None:
             continue

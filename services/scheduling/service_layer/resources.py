@@ -79,14 +79,15 @@ def validate_policy(p: pb.ReservationPolicy) -> None:
 async def set_policy(conn, p: pb.ReservationPolicy) -> None:
     await conn.execute("""
         INSERT INTO reservation_policies (hospital_id, resource_type, reserved_share, expert_floor_share,
-                                          release_hours, early_release_days, clinic_quotas)
-        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)
+                                          release_hours, early_release_days, clinic_quotas, quotas_hard)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
         ON CONFLICT (hospital_id, resource_type) DO UPDATE SET reserved_share = EXCLUDED.reserved_share,
             expert_floor_share = EXCLUDED.expert_floor_share, release_hours = EXCLUDED.release_hours,
-            early_release_days = EXCLUDED.early_release_days, clinic_quotas = EXCLUDED.clinic_quotas""",
+            early_release_days = EXCLUDED.early_release_days, clinic_quotas = EXCLUDED.clinic_quotas,
+            quotas_hard = EXCLUDED.quotas_hard""",
                        p.hospital_id, RESOURCE[p.resource_type], p.reserved_share, p.expert_floor_share,
                        p.release_hours, p.early_release_days or 14,
-                       json.dumps({q.clinic_id: q.places for q in p.clinic_quotas}))
+                       json.dumps({q.clinic_id: q.places for q in p.clinic_quotas}), p.quotas_hard)
 
 
 # --------------------------------------------------------------------------- slots
