@@ -1,12 +1,8 @@
 """No log line of the whole test run may carry a full mobile or ID number."""
-import re
-
 import pytest
 
 from services.common.logging import mask_pii
-
-MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
-ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+from tests.support.pii import ID_NUMBER, MOBILE, has_pii
 
 
 def test_mask_pii_masks_mobile_and_id_number():
@@ -27,7 +23,7 @@ def test_no_unmasked_pii_in_any_log(log_dir):
     files = sorted(log_dir.glob("*.log"))
     for path in files:
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if MOBILE.search(line) or ID_NUMBER.search(line):
+            if has_pii(line):
                 hits.append(f"{path.name}:{number}: {line[:200]}")
     lines = sum(1 for p in files for _ in p.open(encoding="utf-8", errors="replace"))
     print(f"PII scan: {len(files)} log files, {lines} lines, unmasked hits = {len(hits)}")

@@ -35,3 +35,10 @@ async def record_many(conn: asyncpg.Connection, caller: Caller, action: str,
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         [(caller.subject, caller.institution_id, caller.role.value, action, resource, patient, request_id)
          for resource, patient in items])
+
+
+def rpc_method() -> str:
+    """The gRPC method being served (bound by the edge interceptor), so a use case shared
+    by several methods audits under the name the caller used."""
+    rpc = str(structlog.contextvars.get_contextvars().get("rpc", ""))
+    return rpc.rpartition("/")[2] or "internal"

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
+import asyncpg
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,6 +58,10 @@ def _grpc_type(handler: grpc.RpcMethodHandler) -> str:
 def _as_domain_error(exc: BaseException) -> DomainError | None:
     if isinstance(exc, DomainError):
         return exc
+    if isinstance(exc, (asyncpg.exceptions.CharacterNotInRepertoireError,
+                        asyncpg.exceptions.UntranslatableCharacterError)):
+        # e.g. a NUL in a string field: PostgreSQL text cannot hold it; the caller must not send it.
+        return InvalidArgument(FieldViolation("request", "contains a character that cannot be stored (e.g. NUL)"))
     if isinstance(exc, db.UNAVAILABLE_ERRORS):
         return Unavailable("a backing service is unavailable, retry later", reason="BACKEND_UNAVAILABLE")
     return None

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from services.common import audit
 from services.common.auth import Caller, Role
 from services.common.errors import NotFound, Violations
 from services.common.pii import PiiCipher, mask_mobile
@@ -72,10 +73,12 @@ async def set_preferences(pool: asyncpg.Pool, pii: PiiCipher, caller: Caller, p:
         mobile = None
         if p.mobile:
             mobile = (pii.encrypt(p.mobile, context=MOBILE_CONTEXT), pii.lookup_hash(p.mobile), mask_mobile(p.mobile))
-        return await repo.save_preferences(
+        saved = await repo.save_preferences(
             conn, p.patient_id, channels=p.channels, wechat_openid=p.wechat_openid, consent=p.consent,
             opt_out_non_essential=p.opt_out_non_essential, urgent_ignores_quiet_hours=p.urgent_ignores_quiet_hours,
             set_by=f"{caller.institution_id}/{caller.subject}", mobile=mobile)
+        await audit.record(conn, caller, "SetContactPreferences", f"contacts/{p.patient_id}", p.patient_id)
+        return saved
 
 
 async def _deliveries(conn, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[asyncpg.Record]]:
@@ -112,11 +115,13 @@ async def list_notifications(pool: asyncpg.Pool, caller: Caller, *, referral_id:
                 patient_id, everyone, caller.institution_id, size + 1, offset)
         page = rows[:size]
         deliveries = await _deliveries(conn, [r["id"] for r in page])
+        await audit.record_many(conn, caller, "ListNotifications",
+                                [(f"notifications/{r['id']}", r["recipient"]) for r in page])
     token = str(offset + size) if len(rows) > size else ""
     return [(r, deliveries[r["id"]]) for r in page], token
 
 
-async def get_notification(pool: asyncpg.Pool, caller: Caller, notification_id: str):
+async def get_notification(pool: asyncpg.Pool, caller: Caller, notification_id: str, *, audited: bool = True):
     caller.require(Role.CLINIC_DOCTOR, Role.REFERRAL_DESK, Role.SERVICE)
     try:
         key = uuid.UUID(notification_id)
@@ -127,6 +132,8 @@ async def get_notification(pool: asyncpg.Pool, caller: Caller, notification_id: 
         route = await repo.get_route(conn, row["referral_id"]) if row else None
         if row is None or route is None or not _party(caller, route):
             raise NotFound(f"notification {notification_id} not found", reason="NOTIFICATION_NOT_FOUND")
+        if audited:
+            await audit.record(conn, caller, "GetNotification", f"notifications/{key}", row["recipient"])
         return row, (await _deliveries(conn, [key]))[key]
 
 
@@ -157,7 +164,9 @@ async def send_staff_message(pool: asyncpg.Pool, cfg: NotifyConfig, caller: Call
         await create_notification(conn, cfg, event_id=event_id, route=route, message=message, contact=contact,
                                   now=cfg.clock())
         notification_id = await repo.notification_id_for(conn, event_id, route.patient_id, "staff_message", "")
-    return await get_notification(pool, caller, str(notification_id))
+        await audit.record(conn, caller, "SendStaffMessage", f"notifications/{notification_id}", route.patient_id)
+    # The reply reads back what this call wrote: its audit row above covers it.
+    return await get_notification(pool, caller, str(notification_id), audited=False)
 
 
 async def delivery_stats(pool: asyncpg.Pool, caller: Caller, *, hospital_id: str, start: datetime | None,

@@ -207,8 +207,8 @@ def list_filter(req: api.ListReferralsRequest) -> commands.ListFilter:
     violations.check(req.direction in (0, 1, 2), "direction", "未知的方向")
     violations.check(all(1 <= s <= 11 for s in req.states), "states", "未知的状态")
     violations.check(req.urgency in (0, 1, 2, 3), "urgency", "未知的紧急程度")
-    start = mapping.from_ts(req.create_time_start) if req.HasField("create_time_start") else None
-    end = mapping.from_ts(req.create_time_end) if req.HasField("create_time_end") else None
+    start = _timestamp(violations, req, "create_time_start")
+    end = _timestamp(violations, req, "create_time_end")
     if start and end and end < start:
         violations.add("create_time_end", "不能早于开始时间")
     violations.raise_if_any()
@@ -232,3 +232,14 @@ def chronic_update(req: api.UpdateChronicCareStatusRequest, today: date) -> comm
         violations.add("proposed_receiving_institution_id", v.token_error(target, "机构编号"))
     violations.raise_if_any()
     return commands.ChronicCareUpdate(patient, v.normalise_icd10(req.condition_code), req.colour, req.reason, target)
+
+
+def _timestamp(violations: Violations, req, name: str):
+    """A Timestamp outside 0001-9999 (or with bad nanos) is the caller's error, not ours."""
+    if not req.HasField(name):
+        return None
+    try:
+        return mapping.from_ts(getattr(req, name))
+    except (ValueError, OverflowError):
+        violations.add(name, "时间无效")
+        return None

@@ -6,6 +6,7 @@ import asyncio
 import grpc
 
 from referral.v1 import referral_service_pb2 as api, referral_service_pb2_grpc as api_grpc
+from services.common import audit
 from services.common.auth import current_caller
 from services.common.errors import FieldViolation, InvalidArgument, Violations
 from services.referral.adapters import mapping, repository as repo, requests
@@ -107,8 +108,11 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
             ticket = self.feed.ticket()
             async with self.svc.pool.acquire() as conn:
                 rows = await repo.changes_after(conn, scope.consortium_id, after, scope.institution_id)
-            for row in rows:
-                change = api.WatchReferralsResponse.FromString(row["payload"])
+                changes = [api.WatchReferralsResponse.FromString(row["payload"]) for row in rows]
+                # Audited before the batch leaves, like any read of patient data.
+                await audit.record_many(conn, caller, "WatchReferrals", [
+                    (c.referral.name, c.referral.patient.patient_id) for c in changes])
+            for row, change in zip(rows, changes):
                 change.cursor = str(row["seq"])
                 after = row["seq"]
                 yield change

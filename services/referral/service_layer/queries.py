@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta, timezone
 
 from referral.v1 import referral_service_pb2 as api, types_pb2 as rtypes
+from services.common import audit
 from services.common.auth import Caller, Role
 from services.common.errors import NotFound, Violations
 from services.referral.adapters import mapping, repository as repo
@@ -33,8 +34,10 @@ async def check_rules(svc: ReferralService, caller: Caller, *, id_number: str, c
         catalogue = await repo.catalogue(conn, scope.consortium_id)
         episode = None
         if id_number:
-            episode = await repo.find_episode(conn, scope.consortium_id, svc.pii.lookup_hash(id_number), code[:3],
-                                              now - EPISODE_WINDOW)
+            patient_id = svc.pii.lookup_hash(id_number)
+            episode = await repo.find_episode(conn, scope.consortium_id, patient_id, code[:3], now - EPISODE_WINDOW)
+            # The dry run reads the patient's billing episode: that is a read of patient data.
+            await audit.record(conn, caller, "CheckReferralRules", f"episodes/{code[:3]}", patient_id)
     assert settings is not None
     verdict = rules.evaluate(catalogue, code, direction, sender.level, receiver.level)
     rules.recognise_results(needs, results, settings.exam_validity, now.date())

@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta, timezone
 import asyncpg
 
 from referral.v1 import events_pb2, referral_service_pb2 as api
-from services.common import outbox
+from services.common import audit, outbox
 from services.common.auth import Caller, Role
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, Violations
 from services.common.logging import get_logger
@@ -39,6 +39,11 @@ class Scope:
     consortium_id: str
     # None: every referral of the consortium (the consortium office).
     institution_id: str | None
+
+
+async def audit_referral(conn: asyncpg.Connection, caller: Caller, referral: Referral, action: str = "") -> None:
+    await audit.record(conn, caller, action or audit.rpc_method(), mapping.referral_name(referral.id),
+                       referral.patient.patient_id)
 
 
 class _Duplicate(Exception):
@@ -113,13 +118,16 @@ class ReferralService:
                 await prepare(conn, referral)
             events = step(referral, actor, now)
             await self._commit_change(conn, referral, events, api.CHANGE_TYPE_STATE_CHANGED)
+            await audit_referral(conn, caller, referral)
         return referral
 
     # --- reads ---------------------------------------------------------------------------
 
     async def get(self, caller: Caller, referral_id: str) -> Referral:
         async with self.pool.acquire() as conn:
-            return await self._load(conn, referral_id, caller)
+            referral = await self._load(conn, referral_id, caller)
+            await audit_referral(conn, caller, referral, "GetReferral")
+            return referral
 
     async def list(self, caller: Caller, f: commands.ListFilter) -> tuple[list[Referral], bool]:
         async with self.pool.acquire() as conn:
@@ -152,6 +160,8 @@ class ReferralService:
                 args.extend(f.after)
                 where.append(f"(created_at, referral_id) < (${len(args) - 1}, ${len(args)})")
             rows = await repo.list_referrals(conn, where, args, f.page_size + 1)
+            await audit.record_many(conn, caller, "ListReferrals", [
+                (mapping.referral_name(r.id), r.patient.patient_id) for r in rows[:f.page_size]])
         return rows[:f.page_size], len(rows) > f.page_size
 
     # --- create --------------------------------------------------------------------------
@@ -162,17 +172,20 @@ class ReferralService:
             async with self.pool.acquire() as conn, conn.transaction():
                 existing = await repo.get_by_request(conn, caller.institution_id, cmd.request_id)
                 if existing is not None:
+                    await audit_referral(conn, caller, existing, "CreateReferral")
                     return existing
                 referral, events = await self._new_referral(conn, caller, cmd)
                 await self._add_to_episode(conn, referral, cmd.deductible_paid_fen)
                 await self._commit_change(conn, referral, events, api.CHANGE_TYPE_CREATED, new=True,
                                           request_id=cmd.request_id)
+                await audit_referral(conn, caller, referral, "CreateReferral")
                 return referral
         except _Duplicate:
             # A concurrent call with the same request id won; answer as it did.
             async with self.pool.acquire() as conn:
                 existing = await repo.get_by_request(conn, caller.institution_id, cmd.request_id)
-            assert existing is not None
+                assert existing is not None
+                await audit_referral(conn, caller, existing, "CreateReferral")
             return existing
 
     async def _members(self, conn: asyncpg.Connection, caller: Caller, receiving_id: str, violations: Violations,
@@ -341,9 +354,11 @@ class ReferralService:
                 events[0].data.update(down_referral_id=down.id, first_follow_up=(proposal.follow_up_dates or
                                                                                   [None])[0])
             await self._commit_change(conn, referral, events, api.CHANGE_TYPE_STATE_CHANGED)
+            await audit_referral(conn, caller, referral, "CompleteReferral")
             if down is not None:
                 await self._add_to_episode(conn, down, 0)
                 await self._commit_change(conn, down, down_events, api.CHANGE_TYPE_CREATED, new=True)
+                await audit_referral(conn, caller, down, "CompleteReferral")
         return referral
 
     async def _propose_down(self, conn, caller: Caller, origin: Referral, p: commands.DownReferralProposal,
@@ -397,6 +412,7 @@ class ReferralService:
             log.info("scheduling event ignored", referral_id=referral_id, reason=exc.message)
             return False
         await self._commit_change(conn, referral, events, api.CHANGE_TYPE_STATE_CHANGED)
+        await audit_referral(conn, Caller(actor.subject, hospital_id, Role.SERVICE), referral, "ApplySchedulingEvent")
         return True
 
     # --- SLA ---------------------------------------------------------------------------------
@@ -467,6 +483,8 @@ class ReferralService:
                 proposed_id = referral.id
             await repo.set_chronic_status(conn, manager.consortium_id, patient_id, cmd.condition_code, int(colour),
                                           manager.institution_id, now)
+            await audit.record(conn, caller, "UpdateChronicCareStatus",
+                               f"chronicCare/{cmd.condition_code}", patient_id)
             if previous != colour:
                 await outbox.add(conn, events_pb2.ChronicCareColourChanged(
                     patient_id=patient_id, condition_code=cmd.condition_code, previous_colour=int(previous or 0),
