@@ -159,6 +159,23 @@ def _banner(launcher: Launcher, loaded: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _dev_certs(folder: Path) -> str:
+    """A local CA, a server certificate per service and a client certificate (mTLS)."""
+    from services.common.devcerts import DevCA
+
+    ca = DevCA(folder)
+    lines = [f"CA: {ca.cert_file}", ""]
+    for svc in SERVICES:
+        issued = ca.issue(svc, server=True)
+        lines.append(f"{svc}: TLS_CERT_FILE={issued.cert_file} TLS_KEY_FILE={issued.key_file} "
+                     f"TLS_CLIENT_CA_FILE={ca.cert_file}")
+    client = ca.issue("clinic-system", server=False)
+    lines += ["", "A clinic system (client certificate):",
+              f"  grpcurl -cacert {ca.cert_file} -cert {client.cert_file} -key {client.key_file} "
+              f"-H \"authorization: Bearer $TOKEN\" localhost:50051 list"]
+    return "\n".join(lines)
+
+
 async def _serve(data_dir: Path) -> None:
     launcher = Launcher(data_dir)
     stop = asyncio.Event()
@@ -183,10 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     tok = sub.add_parser("token", help="print a development token")
     tok.add_argument("institution")
     tok.add_argument("role", choices=[r.value for r in auth.Role])
+    sub.add_parser("certs", help="make a development CA and mTLS certificates, print how to use them")
     args = parser.parse_args(argv)
     data_dir = Path(os.environ.get("DATA_DIR", REPO / ".data"))
     if args.command == "token":
         print(_token_for(data_dir)(args.institution, args.role))
+        return
+    if args.command == "certs":
+        print(_dev_certs(data_dir / "tls"))
         return
     logs.configure(os.environ.get("LOG_LEVEL", "WARNING"), service="launcher")
     asyncio.run(_serve(data_dir))
