@@ -4,7 +4,9 @@ from __future__ import annotations
 import re
 from datetime import date
 
-MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+# Bounded by non-alphanumerics: eleven digits inside a hex digest or a base64 ciphertext
+# are not a phone number (the session's dump holds thousands of those).
+MOBILE = re.compile(r"(?<![0-9A-Za-z])1[3-9]\d{9}(?![0-9A-Za-z])")
 ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
