@@ -139,13 +139,19 @@ class System(Launcher):
         return out
 
     def peak_memory_kib(self) -> dict[str, int]:
-        """VmHWM (peak resident set) of each service process."""
+        """VmHWM (peak resident set) of each service: its process, plus its worker processes
+        when it runs several (<SERVICE>_WORKERS, summed)."""
         peaks = {}
         for svc, proc in self.procs.items():
+            pids = [proc.pid]
             with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peaks[svc] = int(line.split()[1])
+                for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                    pids += [int(c) for c in (task / "children").read_text().split()]
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            peaks[svc] = peaks.get(svc, 0) + int(line.split()[1])
         return peaks
 
 

@@ -140,6 +140,30 @@ async def pgbench_phase(pgbench: str, database_url: str, clients: int, duration:
             "clients": clients, "synchronous_commit": sync, "fsync": fsync}
 
 
+async def drain(system: System, timeout: float = 180.0) -> float:
+    """Seconds until the work the create phase left behind is done: every outbox relayed and
+    no patient message due and unsent. The event phase measures a steady flow, so it starts
+    on an idle system, not behind the create phase's thousands of queued messages."""
+    conn = await asyncpg.connect(system.env["DATABASE_URL"])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    quiet = 0
+    try:
+        while loop.time() - start < timeout:
+            busy = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM referral.outbox WHERE sent_at IS NULL)"
+                " + (SELECT count(*) FROM scheduling.outbox WHERE sent_at IS NULL)"
+                " + (SELECT count(*) FROM notify.outbox WHERE sent_at IS NULL)"
+                " + (SELECT count(*) FROM notify.deliveries WHERE status IN ('PENDING', 'SENDING') AND due_at <= now())")
+            quiet = quiet + 1 if busy == 0 else 0
+            if quiet >= 3:  # idle for a second: consumers have caught up too
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+    return round(loop.time() - start, 1)
+
+
 async def event_phase(system: System, rate: float, duration: float, seed: int) -> dict:
     """Referrals created and accepted at a steady rate; when does the scheduler's event
     reach NATS, and when does the patient's WeChat message reach the vendor?"""

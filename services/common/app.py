@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -60,9 +63,11 @@ def verifier_for(settings: config.Settings) -> auth.TokenVerifier:
 
 
 class ServiceApp:
-    def __init__(self, settings: config.Settings, build: Builder) -> None:
+    def __init__(self, settings: config.Settings, build: Builder, *, reuse_port: bool = False) -> None:
         self.settings = settings
         self._build = build
+        # Several worker processes serving one port (SO_REUSEPORT): see `main`.
+        self._reuse_port = reuse_port
         self.ctx: AppContext | None = None
         self.grpc: GrpcServer | None = None
         self._consumers: list[EventConsumer] = []
@@ -101,7 +106,9 @@ class ServiceApp:
             self._tasks.append(asyncio.create_task(job()))
         self.grpc = GrpcServer(s.grpc_port, self._parts.registrars, verifier=verifier_for(s),
                                credentials=server_credentials(s.tls_cert_file, s.tls_key_file,
-                                                              s.tls_client_ca_file))
+                                                              s.tls_client_ca_file),
+                               options=[("grpc.so_reuseport", 1 if self._reuse_port else 0),
+                                        ("grpc.max_receive_message_length", 4 << 20)])
         await self.grpc.start()
         if s.metrics_port:
             start_http_server(s.metrics_port, addr="0.0.0.0")
@@ -136,6 +143,67 @@ class ServiceApp:
         await self.stop()
 
 
+WORKER_ENV = "SERVICE_WORKER_INDEX"
+
+
+def worker_count(settings: config.Settings) -> int:
+    """`<SERVICE>_WORKERS` (e.g. REFERRAL_WORKERS), else GRPC_WORKERS, else 1."""
+    raw = settings.get(f"{settings.service.upper()}_WORKERS") or settings.get("GRPC_WORKERS") or "1"
+    try:
+        return max(1, int(raw))
+    except ValueError as exc:
+        raise SystemExit(f"{settings.service.upper()}_WORKERS / GRPC_WORKERS must be an integer, got {raw!r}") from exc
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive its supervisor (e.g. SIGKILLed): it would keep the port."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def supervise(settings: config.Settings, workers: int, argv: list[str]) -> int:
+    """N copies of this service, each a full replica (its own pool, relay, consumers and
+    jobs, all replica-safe as in a cluster) serving the same gRPC port with SO_REUSEPORT;
+    the kernel spreads connections over them, so the service uses more than one core (one
+    Python process cannot). SIGTERM/SIGINT go to every worker; if one exits, all stop."""
+    if not settings.grpc_port:
+        raise SystemExit("several workers share one port: GRPC_PORT must not be 0")
+    # Migrate once before the workers start (each would wait on the advisory lock anyway).
+    asyncio.run(db.migrate(settings.database_url, settings.schema, settings.service))
+    procs: list[subprocess.Popen] = []
+    for index in range(workers):
+        env = {**os.environ, WORKER_ENV: str(index),
+               "METRICS_PORT": str(settings.metrics_port + index if settings.metrics_port else 0)}
+        procs.append(subprocess.Popen([sys.executable, "-m", f"services.{settings.service}", *argv], env=env))
+    log.info("workers started", workers=workers, pids=[p.pid for p in procs], grpc_port=settings.grpc_port)
+
+    def forward(signum, _frame) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    while True:
+        exited = [p for p in procs if p.poll() is not None]
+        if exited:
+            code = code or exited[0].returncode or 0
+            forward(signal.SIGTERM, None)
+            break
+        time.sleep(0.2)
+    for proc in procs:
+        try:
+            proc.wait(settings.shutdown_grace_seconds + 5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return code
+
+
 def main(service: str, build: Builder, argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
     parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
@@ -146,7 +214,13 @@ def main(service: str, build: Builder, argv: list[str] | None = None) -> None:
         applied = asyncio.run(db.migrate(settings.database_url, settings.schema, service))
         log.info("migrations done", applied=applied)
         return
+    workers = worker_count(settings)
+    worker = os.environ.get(WORKER_ENV)
+    if workers > 1 and worker is None:
+        sys.exit(supervise(settings, workers, ["serve"]))
+    if worker is not None:
+        _die_with_parent()
     try:
-        asyncio.run(ServiceApp(settings, build).run_until_signal())
+        asyncio.run(ServiceApp(settings, build, reuse_port=workers > 1).run_until_signal())
     except KeyboardInterrupt:
         sys.exit(130)

@@ -19,9 +19,14 @@ async def record(conn: asyncpg.Connection, caller: Caller, action: str, resource
                  patient_id: str | None) -> None:
     await conn.execute(
         "INSERT INTO audit_log (subject, institution_id, role, action, resource, patient_id, request_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        caller.subject, caller.institution_id, caller.role.value, action, resource, patient_id,
-        _request_id())
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)", *values(caller, action, resource, patient_id))
+
+
+def values(caller: Caller, action: str, resource: str, patient_id: str | None) -> tuple:
+    """The row `record` writes (subject, institution_id, role, action, resource, patient_id,
+    request_id), for a use case that inserts it in a combined statement of its transaction."""
+    return (caller.subject, caller.institution_id, caller.role.value, action, resource, patient_id,
+            _request_id())
 
 
 async def record_many(conn: asyncpg.Connection, caller: Caller, action: str,
@@ -42,3 +47,13 @@ def rpc_method() -> str:
     by several methods audits under the name the caller used."""
     rpc = str(structlog.contextvars.get_contextvars().get("rpc", ""))
     return rpc.rpartition("/")[2] or "internal"
+
+
+async def record_with_reason(conn: asyncpg.Connection, caller: Caller, action: str, resource: str,
+                             patient_id: str | None, reason: str) -> None:
+    """One row for a call that had to give a reason (e.g. revealing full identifiers)."""
+    await conn.execute(
+        "INSERT INTO audit_log (subject, institution_id, role, action, resource, patient_id, request_id, reason) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        caller.subject, caller.institution_id, caller.role.value, action, resource, patient_id,
+        _request_id(), reason)

@@ -74,8 +74,27 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
+        # token -> (caller, exp): a client sends the same token on every call, and an ES256
+        # verify costs more than the rest of the edge. A token accepted once stays acceptable
+        # until its exp (the keys are fixed for the verifier's life), so it is verified once.
+        self._verified: dict[str, tuple[Caller, float]] = {}
+
+    CACHE_SIZE = 4096
 
     def verify(self, token: str) -> Caller:
+        hit = self._verified.get(token)
+        if hit is not None:
+            if time.time() < hit[1]:
+                return hit[0]
+            self._verified.pop(token, None)
+        caller, expires = self._verify(token)
+        if expires is not None:
+            if len(self._verified) >= self.CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)), None)  # the oldest entry
+            self._verified[token] = (caller, expires)
+        return caller
+
+    def _verify(self, token: str) -> tuple[Caller, float | None]:
         last_error: Exception | None = None
         for key in self._keys:
             try:
@@ -94,8 +113,12 @@ class TokenVerifier:
             institution = str(claims.get("inst", ""))
             if not institution:
                 raise Unauthenticated("token names no institution", reason="BAD_TOKEN")
-            return Caller(subject=str(claims["sub"]), institution_id=institution, role=role,
-                          consortium_id=str(claims.get("cons", "")))
+            caller = Caller(subject=str(claims["sub"]), institution_id=institution, role=role,
+                            consortium_id=str(claims.get("cons", "")))
+            exp = claims.get("exp")
+            # Cached only while valid without the leeway, and never past a not-before.
+            cacheable = isinstance(exp, (int, float)) and "nbf" not in claims
+            return caller, float(exp) if cacheable else None
         raise Unauthenticated(f"token rejected: {last_error}", reason="BAD_TOKEN")
 
     def verify_metadata(self, metadata: dict[str, str]) -> Caller:

@@ -40,6 +40,18 @@ PUBLIC_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.S
                              "grpc.reflection.v1.ServerReflection"})
 
 
+_CHILDREN: dict[tuple, Any] = {}
+
+
+def _child(metric: Any, labels: tuple) -> Any:
+    """`metric.labels(*labels)`, looked up once (labels() takes a lock and builds a key)."""
+    key = (id(metric), labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 def _split(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").partition("/")
     return service, name
@@ -70,12 +82,23 @@ def _as_domain_error(exc: BaseException) -> DomainError | None:
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, verifier: auth.TokenVerifier | None) -> None:
         self._verifier = verifier
+        # method -> (the servicer's handler, our wrapped handler): the registered handlers never
+        # change while the server runs, so each method is wrapped once, not on every call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None:
             return None
-        service, method = _split(details.method)
+        known = self._wrapped.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, details.method)
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, method = _split(full_method)
         labels = (_grpc_type(handler), service, method)
         needs_auth = service not in PUBLIC_SERVICES and self._verifier is not None
         if handler.unary_unary:
@@ -95,7 +118,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         request_id = metadata.get("x-request-id") or uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=f"{labels[1]}/{labels[2]}")
-        STARTED.labels(*labels).inc()
+        _child(STARTED, labels).inc()
         caller = None
         if needs_auth:
             caller = self._verifier.verify_metadata(metadata)  # type: ignore[union-attr]
@@ -109,18 +132,18 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             if error is None:
                 log.exception("unhandled error", exc_info=exc)
                 code = grpc.StatusCode.INTERNAL
-                HANDLED.labels(*labels, code.name).inc()
-                HANDLING.labels(*labels).observe(time.perf_counter() - started)
+                _child(HANDLED, (*labels, code.name)).inc()
+                _child(HANDLING, labels).observe(time.perf_counter() - started)
                 await context.abort(code, "internal error")
             code = error.code
-            HANDLED.labels(*labels, code.name).inc()
-            HANDLING.labels(*labels).observe(time.perf_counter() - started)
+            _child(HANDLED, (*labels, code.name)).inc()
+            _child(HANDLING, labels).observe(time.perf_counter() - started)
             log.info("rpc failed", code=code.name, error=error.message)
             status = to_rpc_status(error)
             await context.abort(code, error.message, trailing_metadata=(
                 ("grpc-status-details-bin", status.SerializeToString()),))
-        HANDLED.labels(*labels, code.name).inc()
-        HANDLING.labels(*labels).observe(time.perf_counter() - started)
+        _child(HANDLED, (*labels, code.name)).inc()
+        _child(HANDLING, labels).observe(time.perf_counter() - started)
         log.debug("rpc ok", seconds=round(time.perf_counter() - started, 4))
 
     def _wrap_unary(self, behavior, labels, needs_auth):
@@ -151,10 +174,10 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             try:
                 _, token = self._begin(context, labels, needs_auth)
                 async for item in behavior(request, context):
-                    MSG_SENT.labels(*labels).inc()
+                    _child(MSG_SENT, labels).inc()
                     yield item
             except asyncio.CancelledError:
-                HANDLED.labels(*labels, grpc.StatusCode.CANCELLED.name).inc()
+                _child(HANDLED, (*labels, grpc.StatusCode.CANCELLED.name)).inc()
                 raise
             except grpc.aio.AbortError:
                 raise

@@ -49,7 +49,10 @@ def configure(level: str = "INFO", service: str = "", stream: Any = None) -> Non
     stream = stream or sys.stderr
     renderer = _MaskingRenderer()
     structlog.configure(
-        processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Level first: a disabled level (e.g. the edge's per-call DEBUG line) costs one check,
+        # not a time stamp and a render that the stdlib logger would then throw away.
+        processors=[structlog.stdlib.filter_by_level, *_shared_processors(),
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

@@ -32,19 +32,30 @@ async def add(conn: asyncpg.Connection, event: Message, *, aggregate_id: str, ho
     """Write an event in the current transaction (the caller must hold one)."""
     if not conn.is_in_transaction():
         raise RuntimeError("outbox.add must run inside the transaction of the change")
+    env, values = row(event, aggregate_id=aggregate_id, hospital_id=hospital_id, request_id=request_id,
+                      event_id=event_id)
+    await conn.execute(INSERT_SQL, *values)
+    return env
+
+
+INSERT_SQL = "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, payload) VALUES ($1,$2,$3,$4,$5)"
+
+
+def row(event: Message, *, aggregate_id: str, hospital_id: str, request_id: str = "",
+        event_id: str | None = None) -> tuple[event_pb2.EventEnvelope, tuple]:
+    """The envelope and the outbox row values (event_id, subject, event_type, aggregate_id,
+    payload), for a caller that writes the row itself in a combined statement of its
+    transaction (the same rule as `add`: the row must commit with the change)."""
     env = messaging.envelope(event, aggregate_id=aggregate_id, hospital_id=hospital_id,
                              request_id=request_id, event_id=event_id)
-    await conn.execute(
-        "INSERT INTO outbox (event_id, subject, event_type, aggregate_id, payload) VALUES ($1,$2,$3,$4,$5)",
-        env.event_id, messaging.subject_for(event, hospital_id), env.event_type, aggregate_id,
-        env.SerializeToString())
-    return env
+    return env, (env.event_id, messaging.subject_for(event, hospital_id), env.event_type, aggregate_id,
+                 env.SerializeToString())
 
 
 class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, broker: messaging.Broker, schema: str, *,
                  dsn: str, poll_seconds: float = 1.0, batch_size: int = 200,
-                 retention: timedelta = timedelta(days=7)) -> None:
+                 retention: timedelta = timedelta(days=7), gather_seconds: float = 0.01) -> None:
         self._pool = pool
         self._broker = broker
         self._schema = schema
@@ -52,6 +63,9 @@ class OutboxRelay:
         self._poll = poll_seconds
         self._batch = batch_size
         self._retention = retention
+        # After a wake-up, wait this long so that a burst of commits goes out as one batch
+        # (one claim, one mark-sent) rather than one relay round per commit.
+        self._gather = gather_seconds
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -114,6 +128,8 @@ class OutboxRelay:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
+                if self._gather and not self._stopping.is_set():
+                    await asyncio.sleep(self._gather)
             except asyncio.TimeoutError:
                 pass
 

@@ -9,15 +9,26 @@ from notify.v1 import notify_service_pb2 as npb
 from referral.v1 import referral_service_pb2 as rpb
 from scheduling.v1 import scheduling_service_pb2 as spb
 from services.common.auth import Role
+from tests.security.conftest import eventually
 from tests.security.rpc import all_methods, fill, invoke, request_class
 
-# Aggregates with no patient in them that scheduling and notify serve to any institution
-# of the role: they cannot tell a foreign consortium's office from the hospital's own,
-# having no membership data (see the report). Anything else that succeeds is a leak.
-AGGREGATE_BY_DESIGN = {("scheduling.ListAvailability", "clinic_doctor"),
-                       ("scheduling.ListAvailability", "consortium_office"),
-                       ("scheduling.GetUtilization", "consortium_office"),
-                       ("notify.GetDeliveryStats", "consortium_office")}
+# Nothing is allowed by name any more: scheduling and notify learn consortium membership
+# from the referral service's events (referral.v1.InstitutionUpserted) and serve
+# per-hospital aggregates to the offices and clinics of the hospital's own consortium only.
+AGGREGATE_BY_DESIGN: set[tuple[str, str]] = set()
+
+
+async def membership_arrived(services, *worlds) -> None:
+    """Both consortiums' membership reached scheduling and notify (so every refusal below
+    is a decision on known membership, not on a copy that has not arrived yet)."""
+    ids = [i for w in worlds for i in (w.hospital, *w.clinics)]
+
+    async def known():
+        counts = [await services.db.fetchval(
+            f"SELECT count(*) FROM {schema}.memberships WHERE institution_id = ANY($1::text[])", ids)
+            for schema in ("scheduling", "notify")]
+        return all(c == len(ids) for c in counts)
+    assert await eventually(known), "membership events did not reach scheduling and notify"
 
 
 def _name_for(method: str, flow) -> str:
@@ -47,6 +58,7 @@ async def test_every_rpc_refuses_every_foreign_role(services, flow, foreign):
     callers = {Role.CLINIC_DOCTOR: foreign.clinics[0], Role.REFERRAL_DESK: foreign.hospital,
                Role.BED_MANAGER: foreign.hospital, Role.CONSORTIUM_OFFICE: foreign.consortium}
     secrets = _victim_strings(flow)
+    await membership_arrived(services, w, foreign)
     calls, successes, leaks, codes = 0, [], [], {}
     for svc, method in all_methods():
         request = request_class(method)()
@@ -71,6 +83,27 @@ async def test_every_rpc_refuses_every_foreign_role(services, flow, foreign):
     print(f"\nauthorization matrix: {len(all_methods())} rpcs x {len(callers)} foreign roles = {calls} calls; "
           f"codes {codes}; aggregate-only successes {sorted(successes)}; leaks = {len(leaks)}")
     assert not leaks, "\n".join(map(str, leaks))
+
+
+async def test_own_consortium_reads_its_hospitals_aggregates(services, flow, foreign):
+    """The positive side of the matrix: membership arrives by events, end to end."""
+    w, stack = flow.world, services.stack
+    await membership_arrived(services, w, foreign)
+    office = stack.metadata(w.consortium, Role.CONSORTIUM_OFFICE)
+    util = await services.scheduling.GetUtilization(spb.GetUtilizationRequest(hospital_id=w.hospital),
+                                                    metadata=office)
+    assert util.pools
+    for md in (office, stack.metadata(w.clinics[1], Role.CLINIC_DOCTOR)):
+        listed = await services.scheduling.ListAvailability(spb.ListAvailabilityRequest(hospital_id=w.hospital),
+                                                            metadata=md)
+        assert listed.slots
+    stats = await services.notify.GetDeliveryStats(npb.GetDeliveryStatsRequest(hospital_id=w.hospital),
+                                                   metadata=office)
+    assert stats == await services.notify.GetDeliveryStats(npb.GetDeliveryStatsRequest(), metadata=office)
+    # The foreign office's consortium-wide statistics hold none of the attacked hospital's.
+    theirs = await services.notify.GetDeliveryStats(npb.GetDeliveryStatsRequest(), metadata=stack.metadata(
+        foreign.consortium, Role.CONSORTIUM_OFFICE))
+    assert theirs.notifications == 0
 
 
 async def test_a_clinic_cannot_read_another_clinics_patients(services, flow, foreign):

@@ -23,6 +23,7 @@ import random
 from datetime import timedelta
 from pathlib import Path
 
+from services.common import membership
 from services.common.app import AppContext, ServiceParts
 from services.common.config import Settings
 from services.notify.adapters.channels import (
@@ -128,7 +129,7 @@ class NotifyApp:
         receipts = ReceiptsServer(on_receipts, port=int(_f(s, "RECEIPTS_PORT", 8080)), phone_hasher=phone_hash)
         self.dispatcher, self.receipts, self.config = dispatcher, receipts, cfg
         servicer = NotifyServicer(ctx.pool, cfg, ctx.pii, on_new_delivery=dispatcher.wake)
-        return ServiceParts(registrars=[servicer.register], subscriptions=handlers.subscriptions(),
+        return ServiceParts(registrars=[servicer.register], subscriptions=[*handlers.subscriptions(), membership.subscription("notify-membership")],
                             background=[dispatcher.run, receipts.run], on_stop=[channels.aclose])
 
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.common import audit
+from services.common import audit, membership
 from services.common.auth import Caller, Role
 from services.common.errors import NotFound, Violations
 from services.common.pii import PiiCipher, mask_mobile
@@ -183,13 +183,22 @@ async def delivery_stats(pool: asyncpg.Pool, caller: Caller, *, hospital_id: str
         start, end = today - timedelta(days=6), today
     until = end + timedelta(days=1)
     async with pool.acquire() as conn:
+        # An office sees its own consortium's hospitals only (membership from the referral
+        # service's events); another consortium's hospital does not exist for it.
+        consortium = membership.office_consortium(caller)
+        if hospital_id:
+            if not await membership.may_read_hospital(conn, caller, hospital_id):
+                raise NotFound(f"hospital {hospital_id} not found", reason="HOSPITAL_NOT_FOUND")
+            hospitals = [hospital_id]
+        else:
+            hospitals = await membership.members_of(conn, consortium)
         channels = await conn.fetch(
             """SELECT d.channel, d.vendor, d.status, count(*) AS n FROM deliveries d
                JOIN notifications n ON n.id = d.notification_id
-               WHERE n.created_at >= $1 AND n.created_at < $2 AND ($3 = '' OR n.hospital_id = $3)
-               GROUP BY d.channel, d.vendor, d.status ORDER BY d.channel, d.vendor""", start, until, hospital_id)
+               WHERE n.created_at >= $1 AND n.created_at < $2 AND n.hospital_id = ANY($3::text[])
+               GROUP BY d.channel, d.vendor, d.status ORDER BY d.channel, d.vendor""", start, until, hospitals)
         totals = await conn.fetchrow(
             """SELECT count(*) AS total, count(*) FILTER (WHERE skip_reason IS NOT NULL) AS skipped
-               FROM notifications WHERE created_at >= $1 AND created_at < $2 AND ($3 = '' OR hospital_id = $3)""",
-            start, until, hospital_id)
+               FROM notifications WHERE created_at >= $1 AND created_at < $2 AND hospital_id = ANY($3::text[])""",
+            start, until, hospitals)
     return list(channels), totals["total"], totals["skipped"]

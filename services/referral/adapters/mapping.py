@@ -201,4 +201,6 @@ def consortium_proto(c: model.ConsortiumSettings) -> api.Consortium:
         name=f"consortiums/{c.consortium_id}", display_name=c.display_name,
         emergency_acceptance_hours=c.emergency_acceptance_hours, urgent_acceptance_hours=c.urgent_acceptance_hours,
         routine_acceptance_hours=c.routine_acceptance_hours,
+        emergency_scheduling_hours=c.emergency_scheduling_hours, urgent_scheduling_hours=c.urgent_scheduling_hours,
+        routine_scheduling_hours=c.routine_scheduling_hours,
         exam_validities=[api.ExamValidity(exam_type=k, validity_days=v) for k, v in sorted(c.exam_validity.items())])

@@ -64,7 +64,10 @@ def consent_input(c: api.Consent, caller_subject: str, now: datetime, violations
                   field: str) -> Consent | None:
     if not c.given:
         return None
-    recorded_at = mapping.from_ts(c.record_time) if c.HasField("record_time") else now
+    try:
+        recorded_at = mapping.from_ts(c.record_time) if c.HasField("record_time") else now
+    except ValueError:  # outside the Timestamp range (year 1-9999)
+        recorded_at = now - timedelta(days=366)
     if recorded_at > now + timedelta(minutes=5) or recorded_at < now - timedelta(days=365):
         violations.add(f"{field}.record_time", "知情同意记录时间超出范围")
     check_text(violations, c.recorded_by, f"{field}.recorded_by", limit=100)

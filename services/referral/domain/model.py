@@ -308,6 +308,28 @@ class Referral:
     def record_no_show(self, actor: Actor, now: datetime, note: str = "") -> list[Event]:
         return [self._move("no_show", actor, now, note)]
 
+    def rebook(self, actor: Actor, now: datetime, reason: str) -> list[Event]:
+        """After a no-show the receiving side books the patient again: back to accepted, so
+        the scheduling service places it afresh (a new ReferralAccepted)."""
+        self._require_reason(reason, "rebook")
+        event = self._move("rebook", actor, now, reason)
+        self.booking_id = ""
+        self.scheduled_items = []
+        self.waitlist_reason = ""
+        self.accepted_at = now
+        self.scheduled_at = None
+        return [event]
+
+    def edit(self, actor: Actor, now: datetime) -> None:
+        """Editing (UpdateReferral) is the sender's, on a draft or a returned referral only."""
+        if Side.SENDER not in self.side_of(actor):
+            raise PermissionDenied("只有转出机构可以修改转诊单", reason="NOT_SENDER")
+        if self.state not in EDITABLE:
+            raise FailedPrecondition(
+                f"转诊单当前状态为「{STATE_NAMES_ZH[self.state]}」，只有草稿或已退回的转诊单可以修改",
+                reason="NOT_EDITABLE")
+        self.updated_at = now
+
     def complete(self, actor: Actor, now: datetime, completion: Completion,
                  clinic_level_treats: bool) -> list[Event]:
         event = self._move("complete", actor, now)
@@ -361,19 +383,23 @@ TRANSITIONS: dict[str, tuple[frozenset[State], State, Side]] = {
     "schedule": (frozenset({State.ACCEPTED, State.WAITLISTED}), State.SCHEDULED, Side.SERVICE),
     "reschedule": (frozenset({State.SCHEDULED}), State.SCHEDULED, Side.SERVICE),
     "booking_cancelled": (frozenset({State.SCHEDULED}), State.ACCEPTED, Side.SERVICE),
+    # After a no-show the receiving side may book the patient again (reason required).
+    "rebook": (frozenset({State.NO_SHOW}), State.ACCEPTED, Side.RECEIVER),
 }
+
+EDITABLE = frozenset({State.DRAFT, State.RETURNED})
 
 ACTION_NAMES_ZH = {
     "submit": "提交", "accept": "接收", "reject": "拒绝", "return": "退回补充材料", "resubmit": "重新提交",
     "cancel": "取消", "withdraw_consent": "撤回知情同意", "arrive": "登记到诊", "no_show": "登记爽约",
     "complete": "完成并反馈", "waitlist": "候补", "schedule": "预约", "reschedule": "改约",
-    "booking_cancelled": "取消预约",
+    "booking_cancelled": "取消预约", "rebook": "爽约后重新预约",
 }
 
 EVENT_OF_ACTION = {
     "submit": "submitted", "accept": "accepted", "reject": "rejected", "return": "returned",
     "resubmit": "submitted", "cancel": "cancelled", "withdraw_consent": "cancelled", "arrive": "arrived",
-    "no_show": "no_show", "complete": "completed",
+    "no_show": "no_show", "complete": "completed", "rebook": "accepted",
 }
 
 
@@ -398,7 +424,18 @@ class ConsortiumSettings:
     routine_acceptance_hours: int = 72
     # exam type (upper case) -> validity window in days
     exam_validity: dict[str, int] = field(default_factory=dict)
+    # Scheduling-stage targets (accepted -> scheduled), in hours.
+    emergency_scheduling_hours: int = 4
+    urgent_scheduling_hours: int = 48
+    routine_scheduling_hours: int = 168
 
     def acceptance_hours(self, urgency: Urgency) -> int:
         return {Urgency.EMERGENCY: self.emergency_acceptance_hours, Urgency.URGENT: self.urgent_acceptance_hours,
                 Urgency.ROUTINE: self.routine_acceptance_hours}[urgency]
+
+    def scheduling_hours(self, urgency: Urgency) -> int:
+        return {Urgency.EMERGENCY: self.emergency_scheduling_hours, Urgency.URGENT: self.urgent_scheduling_hours,
+                Urgency.ROUTINE: self.routine_scheduling_hours}[urgency]
+
+    def target_hours(self, stage: str, urgency: Urgency) -> int:
+        return self.scheduling_hours(urgency) if stage == "scheduling" else self.acceptance_hours(urgency)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from services.common.app import AppContext, ServiceParts
 from services.common.logging import get_logger
 from services.referral.entrypoints import scheduling_events
 from services.referral.entrypoints.grpc_api import ReferralServicer, registrar
 from services.referral.entrypoints.watch import ChangeFeed
+from services.referral.service_layer import membership, retention
 from services.referral.service_layer.services import ReferralService
 
 log = get_logger(__name__)
@@ -31,6 +33,31 @@ def build(ctx: AppContext) -> ServiceParts:
                 log.warning("sla check failed", error=repr(exc))
             await asyncio.sleep(sla_every)
 
+    def periodic(name: str, every: float, step):
+        async def job() -> None:
+            while True:
+                try:
+                    done = await step()
+                    if done:
+                        log.info(name, count=done)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failed round is retried at the next tick
+                    log.warning(f"{name} failed", error=repr(exc))
+                await asyncio.sleep(every)
+        return job
+
+    retention_days = float(ctx.settings.get("REFERRAL_CHANGES_RETENTION_DAYS", "30"))
+    purge_every = float(ctx.settings.get("REFERRAL_CHANGES_PURGE_SECONDS", "3600"))
+    refresh_days = float(ctx.settings.get("REFERRAL_MEMBERSHIP_REFRESH_DAYS", "7"))
+    membership_every = float(ctx.settings.get("REFERRAL_MEMBERSHIP_CHECK_SECONDS", "3600"))
+    purge_job = periodic("watch change log purged", purge_every, lambda: retention.purge(
+        ctx.pool, svc.clock(), timedelta(days=retention_days)))
+    # At start (institutions never published, e.g. created before the event existed) and
+    # then periodically (republished inside the stream's retention).
+    membership_job = periodic("membership published", membership_every, lambda: membership.publish_due(
+        ctx.pool, svc.clock(), timedelta(days=refresh_days)))
+
     return ServiceParts(registrars=[registrar(ReferralServicer(svc, feed))],
                         subscriptions=[scheduling_events.subscription(svc)],
-                        background=[feed.run, sla_job], on_stop=[feed.close])
+                        background=[feed.run, sla_job, purge_job, membership_job], on_stop=[feed.close])

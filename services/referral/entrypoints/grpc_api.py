@@ -9,16 +9,19 @@ from referral.v1 import referral_service_pb2 as api, referral_service_pb2_grpc a
 from services.common import audit
 from services.common.auth import current_caller
 from services.common.errors import FieldViolation, InvalidArgument, Violations
-from services.referral.adapters import mapping, repository as repo, requests
+from services.referral.adapters import edit_requests, mapping, repository as repo, requests
 from services.referral.domain import validators as v
 from services.referral.domain.model import Completion, ConsortiumSettings, Direction, Institution, Level, Purpose
 from services.referral.domain.rules import CatalogueEntry
 from services.referral.entrypoints.watch import ChangeFeed
-from services.referral.service_layer import admin, queries
+from services.referral.service_layer import admin, editing, queries, retention
 from services.referral.service_layer.services import ReferralService
 
 _CONSORTIUM_FIELDS = {"display_name", "emergency_acceptance_hours", "urgent_acceptance_hours",
-                      "routine_acceptance_hours", "exam_validities"}
+                      "routine_acceptance_hours", "exam_validities", "emergency_scheduling_hours",
+                      "urgent_scheduling_hours", "routine_scheduling_hours"}
+_SCHEDULING_DEFAULTS = {"emergency_scheduling_hours": 4, "urgent_scheduling_hours": 48,
+                        "routine_scheduling_hours": 168}
 
 
 class ReferralServicer(api_grpc.ReferralServiceServicer):
@@ -27,7 +30,12 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
         self.feed = feed
 
     def _out(self, referral) -> api.Referral:
-        return mapping.referral_proto(referral, self.svc.clock().date())
+        today = self.svc.clock().date()
+        # A create already built this view for its change-log row: the same referral, version and day.
+        view = getattr(referral, "_response_view", None)
+        if view is not None and view[0] == today and view[1] == referral.version:
+            return view[2]
+        return mapping.referral_proto(referral, today)
 
     # --- referrals ---------------------------------------------------------------------
 
@@ -96,6 +104,19 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
         completion = Completion(c.findings, c.treatment_summary, c.recommendations)
         return self._out(await self.svc.complete(caller, requests.parse_name(request.name), completion, proposal))
 
+    async def UpdateReferral(self, request, context):
+        caller = current_caller()
+        referral_id, changes = edit_requests.update_referral(request, caller.subject, self.svc.clock())
+        return self._out(await editing.update(self.svc, caller, referral_id, changes))
+
+    async def RebookReferral(self, request, context):
+        return self._out(await editing.rebook(self.svc, current_caller(), requests.parse_name(request.name),
+                                              request.reason))
+
+    async def RevealPatientContact(self, request, context):
+        return await editing.reveal_contact(self.svc, current_caller(), requests.parse_name(request.name),
+                                            request.reason)
+
     async def WatchReferrals(self, request, context):
         caller = current_caller()
         cursor = request.cursor.strip()
@@ -104,10 +125,14 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
         async with self.svc.pool.acquire() as conn:
             scope = await self.svc.scope(conn, caller)
             after = int(cursor) if cursor else await repo.last_change_seq(conn, scope.consortium_id)
+            if cursor and after == 0:
+                # "0": from the beginning of the retained history.
+                after = await retention.purged_through(conn, scope.consortium_id)
         while True:
             ticket = self.feed.ticket()
             async with self.svc.pool.acquire() as conn:
-                rows = await repo.changes_after(conn, scope.consortium_id, after, scope.institution_id)
+                # FAILED_PRECONDITION when the cursor is older than the retained history.
+                rows = await retention.changes_after(conn, scope.consortium_id, after, scope.institution_id)
                 changes = [api.WatchReferralsResponse.FromString(row["payload"]) for row in rows]
                 # Audited before the batch leaves, like any read of patient data.
                 await audit.record_many(conn, caller, "WatchReferrals", [
@@ -162,7 +187,8 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
                   paths: list[str] | None = None) -> ConsortiumSettings:
         requests.check_text(violations, c.display_name, "consortium.display_name", limit=100,
                             required=paths is None or "display_name" in paths)
-        for name in ("emergency_acceptance_hours", "urgent_acceptance_hours", "routine_acceptance_hours"):
+        for name in ("emergency_acceptance_hours", "urgent_acceptance_hours", "routine_acceptance_hours",
+                     *_SCHEDULING_DEFAULTS):
             value = getattr(c, name)
             violations.check(0 <= value <= 24 * 30, f"consortium.{name}", "应为0-720小时（0表示默认值）")
         validity = {}
@@ -173,7 +199,8 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
                              "应为1-3650天")
             validity[item.exam_type.strip().upper()] = item.validity_days
         return ConsortiumSettings(consortium_id, c.display_name.strip(), c.emergency_acceptance_hours or 2,
-                                  c.urgent_acceptance_hours or 24, c.routine_acceptance_hours or 72, validity)
+                                  c.urgent_acceptance_hours or 24, c.routine_acceptance_hours or 72, validity,
+                                  **{k: getattr(c, k) or d for k, d in _SCHEDULING_DEFAULTS.items()})
 
     async def CreateConsortium(self, request, context):
         violations = Violations()

@@ -6,6 +6,7 @@ from services.common.errors import AlreadyExists, NotFound, PermissionDenied, Vi
 from services.referral.adapters import repository as repo
 from services.referral.domain.model import ConsortiumSettings, Institution, Level
 from services.referral.domain.rules import Catalogue, CatalogueEntry
+from services.referral.service_layer import membership
 from services.referral.service_layer.services import ReferralService
 
 
@@ -70,6 +71,8 @@ async def create_institution(svc: ReferralService, caller: Caller, i: Institutio
         violations.raise_if_any()
         if not await repo.insert_institution(conn, i):
             raise AlreadyExists(f"机构 {i.institution_id} 已存在", reason="INSTITUTION_EXISTS")
+        # Scheduling and notify authorize by membership: they learn it from this event.
+        await membership.publish(conn, i)
     return i
 
 

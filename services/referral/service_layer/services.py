@@ -55,6 +55,7 @@ class ReferralService:
         self.pool = pool
         self.pii = pii
         self.clock = clock
+        self._catalogues = repo.CatalogueCache()
 
     # --- scope ---------------------------------------------------------------------------
 
@@ -167,33 +168,96 @@ class ReferralService:
     # --- create --------------------------------------------------------------------------
 
     async def create(self, caller: Caller, cmd: commands.CreateReferral) -> Referral:
+        """Two statements: `repo.create_context` reads what the create decides on;
+        `repo.insert_new` writes the referral, its transitions, its outbox event, its audit
+        row, its change-log row (under the consortium lock, held to the commit) and the
+        episode total, as one statement and so one transaction, committed before we answer."""
         caller.require(*WRITE_ROLES)
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                existing = await repo.get_by_request(conn, caller.institution_id, cmd.request_id)
-                if existing is not None:
-                    await audit_referral(conn, caller, existing, "CreateReferral")
-                    return existing
-                referral, events = await self._new_referral(conn, caller, cmd)
-                await self._add_to_episode(conn, referral, cmd.deductible_paid_fen)
-                await self._commit_change(conn, referral, events, api.CHANGE_TYPE_CREATED, new=True,
-                                          request_id=cmd.request_id)
-                await audit_referral(conn, caller, referral, "CreateReferral")
-                return referral
+            async with self.pool.acquire() as conn:
+                try:
+                    return await self._create_once(conn, caller, cmd, lock_episode=False)
+                except repo.EpisodeMoved:
+                    # A concurrent create moved the same patient's episode total in between
+                    # (nothing was written): again, in a transaction holding the episode row
+                    # lock from the read to the commit, as the locking path always did.
+                    async with conn.transaction():
+                        return await self._create_once(conn, caller, cmd, lock_episode=True)
         except _Duplicate:
             # A concurrent call with the same request id won; answer as it did.
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire() as conn, conn.transaction():
                 existing = await repo.get_by_request(conn, caller.institution_id, cmd.request_id)
                 assert existing is not None
                 await audit_referral(conn, caller, existing, "CreateReferral")
             return existing
 
+    async def _create_once(self, conn: asyncpg.Connection, caller: Caller, cmd: commands.CreateReferral, *,
+                           lock_episode: bool) -> Referral:
+        now = self.clock()
+        patient = self._patient(cmd.patient, now.date())
+        ctx = await repo.create_context(
+            conn, caller.institution_id, cmd.request_id, cmd.receiving_institution_id, patient.patient_id,
+            cmd.diagnosis_code[:3], None if cmd.episode_id else now - EPISODE_WINDOW, lock_episode=lock_episode)
+        if ctx.existing_id is not None:
+            # The audit row commits with the read: in the caller's transaction, else in this one.
+            async with conn.transaction():
+                existing = await repo.get(conn, ctx.existing_id)
+                assert existing is not None
+                await audit_referral(conn, caller, existing, "CreateReferral")
+            return existing
+        violations = Violations()
+        sender, receiver = self._check_members(ctx.sender, ctx.receiver, violations,
+                                               "referral.receiving_institution_id")
+        assert ctx.settings is not None
+        catalogue = await self._catalogues.get(conn, sender.consortium_id, ctx.catalogue_version,
+                                               ctx.catalogue_stamp)
+        verdict = self._verdict(cmd, sender, receiver, catalogue, violations)
+        if cmd.episode_id:
+            row = await repo.get_episode(conn, cmd.episode_id)
+            if row is None or row["patient_id"] != patient.patient_id or row["consortium_id"] != sender.consortium_id:
+                violations.add("episode_id", "就诊周期不存在或不属于该患者")
+            episode_id, paid = cmd.episode_id, (row["deductible_paid_fen"] if row is not None else 0)
+        elif ctx.episode_id is not None:
+            episode_id, paid = ctx.episode_id, ctx.episode_paid_fen
+        else:
+            episode_id, paid = uuid.uuid4().hex, 0
+        violations.raise_if_any()
+        referral, events = self._build_new(caller, cmd, sender, receiver, ctx.settings, verdict, patient,
+                                           episode_id, now)
+        assert referral.billing is not None
+        # insert_new writes only if the episode total is still `paid`, so this is its new total.
+        referral.billing.deductible_paid_fen = paid + cmd.deductible_paid_fen
+        referral.version = 1
+        today = self.clock().date()
+        outbox_rows = [outbox.row(mapping.event_proto(event, referral, self.pii, today), aggregate_id=referral.id,
+                                  hospital_id=referral.hospital_id, request_id=cmd.request_id)[1]
+                       for event in events]
+        view = mapping.referral_proto(referral, today)
+        change = api.WatchReferralsResponse(change_type=api.CHANGE_TYPE_CREATED,
+                                            transition=mapping.transition_proto(referral.history[-1]),
+                                            referral=view)
+        total = await repo.insert_new(
+            conn, referral, episode_category=cmd.diagnosis_code[:3], add_fen=cmd.deductible_paid_fen,
+            episode_paid_before=paid, now=now, outbox_rows=outbox_rows, change=change.SerializeToString(),
+            audit_row=audit.values(caller, "CreateReferral", mapping.referral_name(referral.id),
+                                   referral.patient.patient_id))
+        if total is None:
+            raise _Duplicate()
+        assert total == referral.billing.deductible_paid_fen, (total, referral.billing.deductible_paid_fen)
+        # The API view is the one just written to the change log.
+        referral._response_view = (today, referral.version, view)  # type: ignore[attr-defined]
+        return referral
+
     async def _members(self, conn: asyncpg.Connection, caller: Caller, receiving_id: str, violations: Violations,
                        field: str) -> tuple[Institution, Institution | None]:
-        sender = await repo.get_institution(conn, caller.institution_id)
+        return self._check_members(await repo.get_institution(conn, caller.institution_id),
+                                   await repo.get_institution(conn, receiving_id), violations, field)
+
+    @staticmethod
+    def _check_members(sender: Institution | None, receiver: Institution | None, violations: Violations,
+                       field: str) -> tuple[Institution, Institution | None]:
         if sender is None:
             raise PermissionDenied("调用方机构不是医联体成员", reason="NOT_A_MEMBER")
-        receiver = await repo.get_institution(conn, receiving_id)
         if receiver is None or receiver.consortium_id != sender.consortium_id:
             violations.add(field, "接收机构不存在或不属于本医联体")
             return sender, None
@@ -217,19 +281,30 @@ class ReferralService:
         settings = await repo.get_consortium(conn, sender.consortium_id)
         assert settings is not None
         catalogue = await repo.catalogue(conn, sender.consortium_id)
-        verdict = None
-        if receiver is not None:
-            verdict = rules.evaluate(catalogue, cmd.diagnosis_code, cmd.direction, sender.level, receiver.level,
-                                     cmd.justification)
-            problem = rules.check_direction(cmd.direction, sender.level, receiver.level)
-            if problem:
-                violations.add("referral.direction", problem)
-            elif verdict.justification_required and not cmd.justification and not cmd.draft:
-                violations.add("referral.justification", verdict.reasons[-1])
+        verdict = self._verdict(cmd, sender, receiver, catalogue, violations)
         patient = self._patient(cmd.patient, now.date())
         episode_id = await self._episode_for(conn, sender.consortium_id, patient.patient_id, cmd.diagnosis_code,
                                              cmd.episode_id, violations, now)
         violations.raise_if_any()
+        return self._build_new(caller, cmd, sender, receiver, settings, verdict, patient, episode_id, now)
+
+    @staticmethod
+    def _verdict(cmd: commands.CreateReferral, sender: Institution, receiver: Institution | None,
+                 catalogue: rules.Catalogue, violations: Violations):
+        if receiver is None:
+            return None
+        verdict = rules.evaluate(catalogue, cmd.diagnosis_code, cmd.direction, sender.level, receiver.level,
+                                 cmd.justification)
+        problem = rules.check_direction(cmd.direction, sender.level, receiver.level)
+        if problem:
+            violations.add("referral.direction", problem)
+        elif verdict.justification_required and not cmd.justification and not cmd.draft:
+            violations.add("referral.justification", verdict.reasons[-1])
+        return verdict
+
+    def _build_new(self, caller: Caller, cmd: commands.CreateReferral, sender: Institution,
+                   receiver: Institution | None, settings, verdict, patient: Patient, episode_id: str,
+                   now: datetime) -> tuple[Referral, list[Event]]:
         assert receiver is not None and verdict is not None
         hospital = receiver if cmd.direction is Direction.UP else sender
         clinic = sender if cmd.direction is Direction.UP else receiver
@@ -433,12 +508,11 @@ class ReferralService:
                         "hours => CASE r.urgency WHEN 1 THEN $3::int WHEN 2 THEN $4::int ELSE $5::int END) "
                         "AND NOT EXISTS (SELECT 1 FROM sla_breaches b WHERE b.referral_id = r.referral_id "
                         "AND b.stage = $6) ORDER BY r.referral_id LIMIT 500 FOR UPDATE OF r SKIP LOCKED",
-                        settings.consortium_id, now, settings.emergency_acceptance_hours,
-                        settings.urgent_acceptance_hours, settings.routine_acceptance_hours, stage)
+                        settings.consortium_id, now, *(settings.target_hours(stage, u) for u in Urgency), stage)
                     for row in rows:
                         referral = await repo.get(conn, row["referral_id"])
                         assert referral is not None
-                        target = timedelta(hours=settings.acceptance_hours(Urgency(row["urgency"])))
+                        target = timedelta(hours=settings.target_hours(stage, Urgency(row["urgency"])))
                         overdue = (now - row["since"] - target).total_seconds()
                         await conn.execute("INSERT INTO sla_breaches (referral_id, stage) VALUES ($1, $2)",
                                            referral.id, stage)

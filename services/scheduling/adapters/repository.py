@@ -45,6 +45,16 @@ async def preparation_days(conn, hospital_id: str) -> dict[str, int]:
     return {r["modality"]: r["days"] for r in rows}
 
 
+async def exam_channel_rules(conn, hospital_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT modality, contrast_agent, required_results, contraindications FROM exam_channels "
+                            "WHERE hospital_id = $1 ORDER BY channel_id", hospital_id)
+
+
+async def released_bed_nights(conn, hospital_id: str, first: date, last: date) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT r.bed_id, r.night FROM bed_night_releases r JOIN beds b USING (bed_id) "
+                            "WHERE b.hospital_id = $1 AND r.night BETWEEN $2 AND $3", hospital_id, first, last)
+
+
 async def beds(conn, hospital_id: str) -> list[asyncpg.Record]:
     return await conn.fetch("""
         SELECT b.bed_id, b.pool, b.status, b.expected_discharge, b.room_id, r.capacity, r.gender_policy,
@@ -109,8 +119,8 @@ async def hospitals_with_waitlist(conn) -> list[str]:
 
 
 async def live_booking_of(conn, referral_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM bookings WHERE referral_id = $1 AND state <> 'CANCELLED'",
-                               referral_id)
+    return await conn.fetchrow("SELECT * FROM bookings WHERE referral_id = $1 AND state <> 'CANCELLED' "
+                               "AND superseded_at IS NULL", referral_id)
 
 
 async def get_booking(conn, booking_id: str, *, for_update: bool = False) -> asyncpg.Record | None:
@@ -136,10 +146,10 @@ async def set_scheduled_event(conn, booking_id: str, event_id: str) -> None:
 
 
 async def insert_slot_item(conn, *, item_id: str, booking_id: str, need_id: str, engine_item_id: str,
-                           kind: str, slot_id: str, place_no: int) -> None:
-    await conn.execute("INSERT INTO booking_items (item_id, booking_id, need_id, engine_item_id, kind, slot_id, place_no) "
-                       "VALUES ($1, $2, $3, $4, $5, $6, $7)", item_id, booking_id, need_id, engine_item_id, kind,
-                       slot_id, place_no)
+                           kind: str, slot_id: str, place_no: int, instruction: str = "") -> None:
+    await conn.execute("INSERT INTO booking_items (item_id, booking_id, need_id, engine_item_id, kind, slot_id, place_no, "
+                       "instruction) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", item_id, booking_id, need_id,
+                       engine_item_id, kind, slot_id, place_no, instruction)
 
 
 async def insert_bed_item(conn, *, item_id: str, booking_id: str, need_id: str, bed_id: str,
@@ -197,3 +207,11 @@ async def upsert_hospital(conn, hospital_id: str, name: str) -> None:
     await conn.execute("INSERT INTO hospitals (hospital_id, name) VALUES ($1, $2) ON CONFLICT (hospital_id) "
                        "DO UPDATE SET name = CASE WHEN EXCLUDED.name = '' THEN hospitals.name ELSE EXCLUDED.name END",
                        hospital_id, name)
+
+
+async def supersede_no_show(conn, referral_id: str) -> bool:
+    """A no-show rebooked by the hospital: the old booking stays (places counted as used)
+    but no longer stands in the way of a fresh placement."""
+    return await conn.fetchval(
+        "UPDATE bookings SET superseded_at = now(), updated_at = now() WHERE referral_id = $1 "
+        "AND state = 'NO_SHOW' AND superseded_at IS NULL RETURNING true", referral_id) or False

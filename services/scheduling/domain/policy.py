@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 RESOURCE_TYPES = ("outpatient", "exam", "bed")
 
@@ -22,6 +22,7 @@ class ReservationPolicy:
     release_hours: int = 48
     early_release_days: int = 14
     clinic_quotas: dict[str, int] = field(default_factory=dict)
+    public_release_days: int = 0
 
     def minimum_reserved(self, total_places: int, expert: bool) -> int:
         share = max(self.reserved_share, self.expert_floor_share if expert else 0.0)
@@ -33,6 +34,26 @@ class ReservationPolicy:
 
     def is_due(self, start: datetime, now: datetime) -> bool:
         return now >= self.release_at(start)
+
+    # Early opening (Beijing: consortium clinics get the slots two weeks before the
+    # public). The public may book a day's slots public_release_days before that day;
+    # clinics early_release_days earlier still. A referral may be booked into a slot of
+    # local day D only when D - clinic_window_days <= today: ListAvailability lists no
+    # later slot and the engine's horizon for the resource ends there. Outpatient and
+    # exam slots only: beds follow the bed board.
+    @property
+    def clinic_window_days(self) -> int:
+        return max(0, self.public_release_days) + max(0, self.early_release_days)
+
+    def opens_on(self, day: date) -> date:
+        """The local day from which clinics may book slots of `day`."""
+        return day - timedelta(days=self.clinic_window_days)
+
+    def is_open(self, day: date, today: date) -> bool:
+        return self.opens_on(day) <= today
+
+    def last_open_day(self, today: date) -> date:
+        return today + timedelta(days=self.clinic_window_days)
 
 
 def default_policy(hospital_id: str, resource_type: str) -> ReservationPolicy:

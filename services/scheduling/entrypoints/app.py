@@ -5,6 +5,7 @@ import asyncio
 
 import asyncpg
 
+from services.common import membership
 from services.common.app import AppContext, ServiceParts
 from services.common.logging import get_logger
 from services.scheduling.adapters import repository as repo
@@ -88,5 +89,5 @@ def build(ctx: AppContext) -> ServiceParts:
                 log.exception("release job error")
             await asyncio.sleep(settings.release_poll_seconds)
 
-    return ServiceParts(registrars=[registrar(ctx.pool, sched)], subscriptions=[subscription(sched)],
+    return ServiceParts(registrars=[registrar(ctx.pool, sched)], subscriptions=[subscription(sched), membership.subscription("scheduling-membership")],
                         background=[reopt.loop, release_loop])

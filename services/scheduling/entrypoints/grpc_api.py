@@ -10,7 +10,7 @@ import grpc
 from referral.v1 import types_pb2 as rtypes
 from scheduling.v1 import scheduling_service_pb2 as pb
 from scheduling.v1 import scheduling_service_pb2_grpc as pb_grpc
-from services.common import audit
+from services.common import audit, membership
 from services.common.auth import Caller, Role, current_caller
 from services.common.errors import FailedPrecondition, NotFound, Violations
 from services.scheduling.adapters import repository as repo
@@ -22,9 +22,6 @@ from services.scheduling.service_layer.allocation import Scheduler, allocate
 _BOOKING_NAME = re.compile(r"^bookings/([0-9a-f]{32})$")
 _BED_STATUS = {pb.BED_STATUS_FREE: BedStatus.FREE, pb.BED_STATUS_OCCUPIED: BedStatus.OCCUPIED,
                pb.BED_STATUS_CLEANING: BedStatus.CLEANING, pb.BED_STATUS_BLOCKED: BedStatus.BLOCKED}
-_ANYWHERE = (Role.SERVICE, Role.CONSORTIUM_OFFICE)
-# This service does not know which consortium a hospital belongs to, so a consortium
-# office may read aggregates anywhere but neither patients' bookings nor any write.
 _PATIENT_DATA_ANYWHERE = (Role.SERVICE,)
 
 
@@ -32,7 +29,20 @@ def hospital_scope(hospital_id: str, *roles: Role) -> Caller:
     """The caller may act on this hospital; a hospital outside its scope does not exist for it."""
     caller = current_caller()
     caller.require(*roles)
-    if caller.role not in _ANYWHERE and caller.role != Role.CLINIC_DOCTOR and caller.institution_id != hospital_id:
+    if caller.role not in _PATIENT_DATA_ANYWHERE and caller.institution_id != hospital_id:
+        raise NotFound(f"医院 {hospital_id} 不存在", reason="HOSPITAL_NOT_FOUND")
+    return caller
+
+
+async def aggregate_scope(pool: asyncpg.Pool, hospital_id: str, *roles: Role) -> Caller:
+    """Aggregates without patients (availability, utilisation): also a consortium office
+    for its consortium's hospitals and a clinic doctor for its own consortium's hospitals,
+    by the membership the referral service publishes (services.common.membership)."""
+    caller = current_caller()
+    caller.require(*roles)
+    async with pool.acquire() as conn:
+        allowed = await membership.may_read_hospital(conn, caller, hospital_id)
+    if not allowed:
         raise NotFound(f"医院 {hospital_id} 不存在", reason="HOSPITAL_NOT_FOUND")
     return caller
 
@@ -146,7 +156,8 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         return out
 
     async def ListAvailability(self, request, context):
-        hospital_scope(request.hospital_id, Role.CLINIC_DOCTOR, Role.REFERRAL_DESK, *_ANYWHERE)
+        await aggregate_scope(self.pool, request.hospital_id, Role.CLINIC_DOCTOR, Role.REFERRAL_DESK,
+                              Role.CONSORTIUM_OFFICE, Role.SERVICE)
         v = Violations()
         resources.check_id(v, request.hospital_id, "hospital_id")
         now = self.sched.clock()
@@ -224,7 +235,8 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         return out
 
     async def GetUtilization(self, request, context):
-        hospital_scope(request.hospital_id, Role.REFERRAL_DESK, *_ANYWHERE)
+        await aggregate_scope(self.pool, request.hospital_id, Role.REFERRAL_DESK, Role.CONSORTIUM_OFFICE,
+                              Role.SERVICE)
         v = Violations()
         resources.check_id(v, request.hospital_id, "hospital_id")
         now = self.sched.clock()

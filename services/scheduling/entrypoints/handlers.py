@@ -7,6 +7,7 @@ from referral.v1 import events_pb2 as revents
 from referral.v1 import types_pb2 as rtypes
 from services.common.consumer import PermanentError, Subscription
 from services.common.errors import InvalidArgument
+from services.scheduling.adapters import repository as repo
 from services.scheduling.entrypoints.grpc_api import validate_snapshot
 from services.scheduling.service_layer import bookings
 from services.scheduling.service_layer.allocation import Scheduler, allocate
@@ -29,6 +30,8 @@ def subscription(sched: Scheduler) -> Subscription:
             validate_snapshot(event.referral)
         except InvalidArgument as exc:
             raise PermanentError(exc.message) from exc
+        # Accepted again after a no-show (RebookReferral): a new event id, so a fresh placement.
+        await repo.supersede_no_show(conn, event.referral.referral_id)
         await allocate(conn, sched, event.referral, request_id=env.request_id)
 
     async def cancelled(conn, env, event: revents.ReferralCancelled) -> None:

@@ -22,7 +22,7 @@ from services.common import outbox
 from services.common.logging import get_logger
 from services.scheduling import engine
 from services.scheduling.adapters import repository as repo
-from services.scheduling.domain import calendar, preparation
+from services.scheduling.domain import calendar, exam_rules, preparation
 from services.scheduling.service_layer import engine_adapter as ea
 from services.scheduling.service_layer import rendering
 from services.scheduling.settings import SchedulerSettings
@@ -107,7 +107,7 @@ async def write_items(conn, booking_id: str, demand: ea.Demand, assignments, hor
             raise PlaceGone(a.resource_id)
         await repo.insert_slot_item(conn, item_id=item_id, booking_id=booking_id, need_id=need_id,
                                     engine_item_id=a.item_id, kind=a.kind.value, slot_id=a.resource_id,
-                                    place_no=place)
+                                    place_no=place, instruction=demand.verdict.instruction(need_id))
 
 
 async def _hold_today_beds(conn, booking, horizon: ea.Horizon) -> None:
@@ -174,6 +174,10 @@ async def _waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: 
             aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id, request_id=request_id)
 
 
+# Engine reasons that a preparation day can cause (the exam had to move later).
+_DEADLINE_REASONS = (engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE, engine.ReasonCode.ORDER_INFEASIBLE,
+                     engine.ReasonCode.NO_PATIENT_DAY_BEFORE_DEADLINE)
+
 NOTHING_TO_BOOK = "所需检查均有互认的既往结果，无需另行预约；请携带既往检查结果前来就诊或等待医院联系"
 NO_CAPACITY = ("CAPACITY_TAKEN", "号源已被其他转诊占用，已进入候补队列")
 
@@ -201,13 +205,20 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
         return Outcome(rid, reason_code=QUOTA_EXHAUSTED[0], reason=QUOTA_EXHAUSTED[1])
     for attempt in range(sched.settings.conflict_retries):
         capacity = await ea.load_capacity(conn, snapshot.hospital_id, horizon, now, [])
-        demand = ea.referral_demand(snapshot, accepted_at, horizon, capacity.prep_days)
+        demand = ea.referral_demand(snapshot, accepted_at, horizon, capacity.prep_days, rules=capacity.exam_rules)
+        if demand.contraindicated:
+            text = demand.verdict.contraindication_text()
+            await _waitlist(conn, snapshot, exam_rules.CONTRAINDICATED, text, request_id, first_time)
+            return Outcome(rid, reason_code=exam_rules.CONTRAINDICATED, reason=text)
         solution = await sched.solve(ea.problem(horizon, capacity, [demand],
                                                 quotas=await _quotas(conn, snapshot.hospital_id)))
         if rid not in solution.placed_referral_ids() and rid in solution.unplaced_by_id():
             why = solution.unplaced_by_id()[rid]
-            await _waitlist(conn, snapshot, why.reason.value, why.text_zh, request_id, first_time)
-            return Outcome(rid, reason_code=why.reason.value, reason=why.text_zh)
+            code, text = why.reason.value, why.text_zh
+            if demand.verdict.unmet and why.reason in _DEADLINE_REASONS:
+                code, text = exam_rules.PREPARATION_UNMET, demand.verdict.unmet_text()
+            await _waitlist(conn, snapshot, code, text, request_id, first_time)
+            return Outcome(rid, reason_code=code, reason=text)
         try:
             async with conn.transaction():  # a savepoint: a lost race undoes only this attempt
                 booking_id = await _book(conn, snapshot, demand, solution, horizon, request_id)
@@ -260,7 +271,10 @@ async def reoptimise(conn: asyncpg.Connection, sched: Scheduler, hospital_id: st
     for row in [*tentative, *waiting]:
         snap = rtypes.ReferralSnapshot.FromString(row["snapshot"])
         snapshots[snap.referral_id] = snap
-        demands[snap.referral_id] = ea.referral_demand(snap, row["accepted_at"], horizon, capacity.prep_days)
+        demand = ea.referral_demand(snap, row["accepted_at"], horizon, capacity.prep_days, rules=capacity.exam_rules)
+        if demand.contraindicated and row["state"] == "WAITLISTED":
+            continue  # stays on the list as CONTRAINDICATED until the referral changes
+        demands[snap.referral_id] = demand
     for b in tentative:
         existing[b["referral_id"]] = await ea.existing_of(conn, b["booking_id"], b["referral_id"], horizon)
     prob = ea.problem(horizon, capacity, list(demands.values()),
@@ -274,7 +288,7 @@ async def reoptimise(conn: asyncpg.Connection, sched: Scheduler, hospital_id: st
     promoted = []
     for row in waiting:
         rid = row["referral_id"]
-        if rid not in placed:
+        if rid not in placed or rid not in demands:
             continue
         try:
             async with conn.transaction():

@@ -69,7 +69,8 @@ async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, 
         snapshot.available_dates.extend(dates)
     horizon = sched.horizon(now)
     capacity = await ea.load_capacity(conn, booking["hospital_id"], horizon, now, [booking["booking_id"]])
-    demand = ea.referral_demand(snapshot, referral["accepted_at"], horizon, capacity.prep_days)
+    demand = ea.referral_demand(snapshot, referral["accepted_at"], horizon, capacity.prep_days,
+                                rules=capacity.exam_rules)
     solution = await sched.solve(ea.problem(horizon, capacity, [demand]))
     if snapshot.referral_id not in solution.placed_referral_ids():
         why = solution.unplaced_by_id().get(snapshot.referral_id)

@@ -15,8 +15,9 @@ from common.v1 import types_pb2
 from referral.v1 import types_pb2 as rtypes
 from services.scheduling import engine
 from services.scheduling.adapters import repository as repo
-from services.scheduling.domain import calendar
+from services.scheduling.domain import calendar, exam_rules
 from services.scheduling.domain.beds import BedStatus, first_bookable_night
+from services.scheduling.domain.policy import ReservationPolicy
 
 _URGENCY = {types_pb2.URGENCY_EMERGENCY: engine.Urgency.EMERGENCY,
             types_pb2.URGENCY_URGENT: engine.Urgency.URGENT}
@@ -52,10 +53,28 @@ class Demand:
     referral: engine.Referral
     need_of_item: dict[str, str] = field(default_factory=dict)
     gender: str | None = None
+    # Preparation rules and contraindications (domain/exam_rules.py).
+    verdict: exam_rules.Verdict = field(default_factory=exam_rules.Verdict)
+
+    @property
+    def contraindicated(self) -> bool:
+        return bool(self.verdict.contraindicated)
+
+
+def exam_verdict(snapshot: rtypes.ReferralSnapshot,
+                 rules: dict[str, exam_rules.ModalityRules]) -> exam_rules.Verdict:
+    exams = [(n.need_id, n.exam.modality, n.covered_by_prior_result) for n in snapshot.needs
+             if n.WhichOneof("kind") == "exam"]
+    prior = {code for n in snapshot.needs if n.WhichOneof("kind") == "exam" and n.covered_by_prior_result
+             and (code := exam_rules.result_code(n.exam.modality))}
+    return exam_rules.check(exams, prior, exam_rules.conditions_of_diagnosis(snapshot.diagnosis_code), rules)
 
 
 def referral_demand(snapshot: rtypes.ReferralSnapshot, accepted_at: datetime, horizon: Horizon,
-                    prep_days: dict[str, int], available: list[types_pb2.Date] | None = None) -> Demand:
+                    prep_days: dict[str, int], available: list[types_pb2.Date] | None = None,
+                    rules: dict[str, exam_rules.ModalityRules] | None = None) -> Demand:
+    verdict = exam_verdict(snapshot, rules or {})
+    emergency = snapshot.urgency == types_pb2.URGENCY_EMERGENCY
     need_of_item: dict[str, str] = {}
     consultations: list[engine.ConsultationNeed] = []
     exams: list[engine.ExamNeed] = []
@@ -73,9 +92,11 @@ def referral_demand(snapshot: rtypes.ReferralSnapshot, accepted_at: datetime, ho
                 preferred_title=engine.Title.EXPERT if c.expert else None, item_id=item_id))
             need_of_item[item_id] = need.need_id
         elif kind == "exam":
+            prep = prep_days.get(need.exam.modality, 0)
+            if need.need_id in verdict.unmet and not emergency:
+                prep = max(prep, 1)  # a day for the missing lab result (exam_rules.py)
             exams.append(engine.ExamNeed(
-                item_id=need.need_id, modality=need.exam.modality,
-                preparation_days=prep_days.get(need.exam.modality, 0),
+                item_id=need.need_id, modality=need.exam.modality, preparation_days=prep,
                 recognised_prior_result=need.covered_by_prior_result))
             need_of_item[need.need_id] = need.need_id
         elif kind == "admission" and admission is None:
@@ -101,7 +122,7 @@ def referral_demand(snapshot: rtypes.ReferralSnapshot, accepted_at: datetime, ho
         consultation=consultations[0] if consultations else None, extra_consultations=tuple(consultations[1:]),
         exams=tuple(exams), admission=admission, patient_gender=gender,
         patient_age=snapshot.patient.age_years or None)
-    return Demand(referral, need_of_item, gender.value if gender else None)
+    return Demand(referral, need_of_item, gender.value if gender else None, verdict)
 
 
 @dataclass
@@ -112,12 +133,25 @@ class Capacity:
     rooms: tuple[engine.Room, ...]
     beds: tuple[engine.Bed, ...]
     prep_days: dict[str, int]
+    exam_rules: dict[str, exam_rules.ModalityRules] = field(default_factory=dict)
+    policies: dict[str, ReservationPolicy] = field(default_factory=dict)
+
+
+async def policies(conn, hospital_id: str) -> dict[str, ReservationPolicy]:
+    from services.scheduling.service_layer.resources import policy_from_row
+    rows = {r["resource_type"]: r for r in await conn.fetch(
+        "SELECT * FROM reservation_policies WHERE hospital_id = $1", hospital_id)}
+    return {t: policy_from_row(rows.get(t), hospital_id, t) for t in ("outpatient", "exam", "bed")}
 
 
 async def load_capacity(conn, hospital_id: str, horizon: Horizon, now: datetime,
                         movable: list[str]) -> Capacity:
+    pols = await policies(conn, hospital_id)
+    # Early opening: a slot of day D is bookable from D - clinic window on (policy.py).
+    open_until = {t: min(horizon.end, calendar.at(pols[t].last_open_day(horizon.today) + timedelta(days=1), 0))
+                  for t in ("outpatient", "exam")}
     outpatient = []
-    for r in await repo.outpatient_capacity(conn, hospital_id, now, horizon.end, movable):
+    for r in await repo.outpatient_capacity(conn, hospital_id, now, open_until["outpatient"], movable):
         if r["reserved_free"] + r["overflow_free"] <= 0:
             continue
         outpatient.append(engine.OutpatientSlot(
@@ -130,7 +164,7 @@ async def load_capacity(conn, hospital_id: str, horizon: Horizon, now: datetime,
         slot_id=r["slot_id"], modality=r["modality"], device_id=r["device_id"], room=r["room"],
         day=horizon.index(calendar.local_date(r["start_at"])), start_minute=calendar.minute_of(r["start_at"]),
         length_minutes=r["length_minutes"], pool=_POOL[r["pool"]])
-        for r in await repo.exam_capacity(conn, hospital_id, now, horizon.end, movable))
+        for r in await repo.exam_capacity(conn, hospital_id, now, open_until["exam"], movable))
     departments: dict[str, engine.Department] = {}
     rooms: dict[str, engine.Room] = {}
     beds = []
@@ -142,6 +176,9 @@ async def load_capacity(conn, hospital_id: str, horizon: Horizon, now: datetime,
         taken.setdefault(n["bed_id"], set()).add(idx)
         if n["gender"]:
             genders.setdefault(n["room_id"], set()).add((idx, engine.Gender(n["gender"])))
+    # Reserved bed-nights released to the general pool at their deadline are not offered.
+    for n in await repo.released_bed_nights(conn, hospital_id, horizon.today, last):
+        taken.setdefault(n["bed_id"], set()).add(horizon.index(n["night"]))
     for b in await repo.beds(conn, hospital_id):
         # A room's department is what an admission's department is matched against; its
         # ward keys the engine's limits (age, specialisms), so two wards of one
@@ -162,8 +199,11 @@ async def load_capacity(conn, hospital_id: str, horizon: Horizon, now: datetime,
                            if i not in taken.get(b["bed_id"], ()))
         if nights:
             beds.append(engine.Bed(b["bed_id"], b["room_id"], _POOL[b["pool"]], nights))
+    channels = await repo.exam_channel_rules(conn, hospital_id)
+    rules = exam_rules.modality_rules([(c["modality"], c["contrast_agent"], list(c["required_results"]),
+                                        list(c["contraindications"])) for c in channels])
     return Capacity(tuple(outpatient), exams, tuple(departments.values()), tuple(rooms.values()), tuple(beds),
-                    await repo.preparation_days(conn, hospital_id))
+                    await repo.preparation_days(conn, hospital_id), rules, pols)
 
 
 def problem(horizon: Horizon, capacity: Capacity, demands: list[Demand],

@@ -7,8 +7,10 @@ from datetime import date, datetime, timedelta
 
 from common.v1 import types_pb2
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
+from services.scheduling.adapters import repository as repo
 from services.scheduling.domain import calendar
 from services.scheduling.domain.beds import BedStatus, first_bookable_night
+from services.scheduling.service_layer.engine_adapter import policies as ea_policies
 from services.scheduling.service_layer.rendering import ts
 
 _TITLE = {"EXPERT": pb.DOCTOR_TITLE_EXPERT, "GENERAL": pb.DOCTOR_TITLE_GENERAL}
@@ -24,8 +26,13 @@ def pb_date(d: date | None) -> types_pb2.Date | None:
 
 async def availability(conn, hospital_id: str, kind: str | None, department: str, modality: str,
                        first: date, last: date, now: datetime) -> pb.ListAvailabilityResponse:
+    """Only what a clinic may book now: reserved places of slots already open to clinics
+    (early opening, policy.py) and reserved bed-nights not released to the general pool."""
     out = pb.ListAvailabilityResponse()
     lo, hi = max(now, calendar.at(first, 0)), calendar.at(last + timedelta(days=1), 0)
+    pols = await ea_policies(conn, hospital_id)
+    today = calendar.local_date(now)
+    open_out, open_exam = (calendar.at(pols[t].last_open_day(today) + timedelta(days=1), 0) for t in ("outpatient", "exam"))
     if kind in (None, "outpatient", "exam"):
         rows = await conn.fetch("""
             SELECT s.slot_id, s.resource_type, s.start_at, s.length_minutes, se.department, se.doctor_name, se.title,
@@ -39,10 +46,12 @@ async def availability(conn, hospital_id: str, kind: str | None, department: str
              WHERE s.hospital_id = $1 AND s.start_at > $2 AND s.start_at < $3
                AND ($4::text IS NULL OR s.resource_type = $4)
                AND ($5 = '' OR se.department = $5) AND ($6 = '' OR c.modality = $6)
+               AND s.start_at < CASE s.resource_type WHEN 'outpatient' THEN $7::timestamptz ELSE $8::timestamptz END
                AND p.pool = 'reserved' AND p.released_at IS NULL
                AND NOT EXISTS (SELECT 1 FROM booking_items bi WHERE bi.slot_id = p.slot_id AND bi.place_no = p.place_no)
              GROUP BY s.slot_id, se.session_id, c.channel_id, h.name ORDER BY s.start_at, s.slot_id LIMIT 2000""",
-                                hospital_id, lo, hi, kind if kind != "bed" else None, department, modality)
+                                hospital_id, lo, hi, kind if kind != "bed" else None, department, modality,
+                                open_out, open_exam)
         for r in rows:
             out.slots.append(pb.AvailableSlot(
                 slot_id=r["slot_id"], resource_type=_RTYPE[r["resource_type"]], department=r["department"] or "",
@@ -53,7 +62,6 @@ async def availability(conn, hospital_id: str, kind: str | None, department: str
                                        floor=r["floor"] or "", room=r["room"] or ""),
                 preparation=r["preparation"] or ""))
     if kind in (None, "bed"):
-        today = calendar.local_date(now)
         beds = await conn.fetch("""
             SELECT b.bed_id, b.status, b.expected_discharge, w.ward_id, w.department FROM beds b
               JOIN rooms r USING (room_id) JOIN wards w USING (ward_id)
@@ -62,6 +70,7 @@ async def availability(conn, hospital_id: str, kind: str | None, department: str
         taken = {(r["bed_id"], r["night"]) for r in await conn.fetch(
             "SELECT n.bed_id, n.night FROM bed_nights n JOIN beds b USING (bed_id) WHERE b.hospital_id = $1 "
             "AND n.night BETWEEN $2 AND $3", hospital_id, first, last)}
+        taken |= {(r["bed_id"], r["night"]) for r in await repo.released_bed_nights(conn, hospital_id, first, last)}
         free: Counter = Counter()
         wards = {}
         for b in beds:
@@ -105,10 +114,12 @@ async def utilization(conn, hospital_id: str, first: date, last: date, now: date
                (SELECT count(*) FROM bed_nights n JOIN beds x USING (bed_id) JOIN booking_items bi USING (item_id)
                  JOIN bookings bk USING (booking_id)
                  WHERE x.hospital_id = $1 AND x.pool = b.pool AND n.night BETWEEN $2 AND $3
-                   AND bk.state = 'NO_SHOW') AS no_show
+                   AND bk.state = 'NO_SHOW') AS no_show,
+               (SELECT count(*) FROM bed_night_releases n JOIN beds x USING (bed_id)
+                 WHERE x.hospital_id = $1 AND x.pool = b.pool AND n.night BETWEEN $2 AND $3) AS released
           FROM beds b WHERE b.hospital_id = $1 GROUP BY b.pool ORDER BY b.pool""", hospital_id, first, last):
         out.pools.append(pb.PoolUtilization(resource_type=pb.RESOURCE_TYPE_BED, pool=r["pool"], places=r["places"],
-                                            booked=r["booked"], no_show=r["no_show"]))
+                                            booked=r["booked"], no_show=r["no_show"], released=r["released"]))
     raw = await conn.fetchval("SELECT clinic_quotas FROM reservation_policies WHERE hospital_id = $1 "
                               "AND resource_type = 'outpatient'", hospital_id)
     quotas = (json.loads(raw) if isinstance(raw, str) else raw) or {}

@@ -44,7 +44,7 @@ def booked_item(row) -> events_pb2.BookedItem:
                                          floor=row["floor"] or "", room=row["room"] or ""))
     if row["kind"] == "EXAM":
         item.modality = row["modality"]
-        item.preparation = row["preparation"] or ""
+        item.preparation = "；".join(t for t in (row["preparation"], row["instruction"]) if t)
     else:
         item.department = row["session_department"]
         item.doctor_name = row["doctor_name"] or ""

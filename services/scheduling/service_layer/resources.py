@@ -47,7 +47,7 @@ def policy_from_row(row, hospital_id: str, resource_type: str) -> ReservationPol
     quotas = json.loads(quotas) if isinstance(quotas, str) else dict(quotas or {})
     return ReservationPolicy(hospital_id, resource_type, float(row["reserved_share"]),
                              float(row["expert_floor_share"]), row["release_hours"], row["early_release_days"],
-                             {k: int(x) for k, x in quotas.items()})
+                             {k: int(x) for k, x in quotas.items()}, row["public_release_days"])
 
 
 async def get_policy(conn, hospital_id: str, resource_type: str) -> ReservationPolicy:
@@ -67,6 +67,7 @@ def validate_policy(p: pb.ReservationPolicy) -> None:
     v.check(0 <= p.expert_floor_share <= 1, "policy.expert_floor_share", "须在0到1之间")
     v.check(0 <= p.release_hours <= 24 * 30, "policy.release_hours", "须在0到720小时之间")
     v.check(0 <= p.early_release_days <= 60, "policy.early_release_days", "须在0到60天之间")
+    v.check(0 <= p.public_release_days <= 60, "policy.public_release_days", "须在0到60天之间")
     seen = set()
     for i, q in enumerate(p.clinic_quotas):
         check_id(v, q.clinic_id, f"policy.clinic_quotas[{i}].clinic_id")
@@ -79,15 +80,17 @@ def validate_policy(p: pb.ReservationPolicy) -> None:
 async def set_policy(conn, p: pb.ReservationPolicy) -> None:
     await conn.execute("""
         INSERT INTO reservation_policies (hospital_id, resource_type, reserved_share, expert_floor_share,
-                                          release_hours, early_release_days, clinic_quotas, quotas_hard)
-        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)
+                                          release_hours, early_release_days, clinic_quotas, quotas_hard,
+                                          public_release_days)
+        VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9)
         ON CONFLICT (hospital_id, resource_type) DO UPDATE SET reserved_share = EXCLUDED.reserved_share,
             expert_floor_share = EXCLUDED.expert_floor_share, release_hours = EXCLUDED.release_hours,
             early_release_days = EXCLUDED.early_release_days, clinic_quotas = EXCLUDED.clinic_quotas,
-            quotas_hard = EXCLUDED.quotas_hard""",
+            quotas_hard = EXCLUDED.quotas_hard, public_release_days = EXCLUDED.public_release_days""",
                        p.hospital_id, RESOURCE[p.resource_type], p.reserved_share, p.expert_floor_share,
                        p.release_hours, p.early_release_days or 14,
-                       json.dumps({q.clinic_id: q.places for q in p.clinic_quotas}), p.quotas_hard)
+                       json.dumps({q.clinic_id: q.places for q in p.clinic_quotas}), p.quotas_hard,
+                       p.public_release_days)
 
 
 # --------------------------------------------------------------------------- slots
@@ -205,6 +208,8 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest) -> pb.
         v.check(0 <= c.fasting_hours <= 24, f"{f}.fasting_hours", "须在0到24之间")
         v.check(0 <= c.kidney_function_valid_days <= 365, f"{f}.kidney_function_valid_days", "须在0到365之间")
         v.check(0 <= c.preparation_days <= 14, f"{f}.preparation_days", "须在0到14之间")
+        v.check(len(c.required_results) <= 10 and all(bool(ID.match(r)) for r in c.required_results),
+                f"{f}.required_results", "最多10项，每项为代码，如 COAGULATION")
     known = {r["channel_id"]: r for r in await conn.fetch(
         "SELECT channel_id, hospital_id, slot_minutes FROM exam_channels WHERE channel_id = ANY($1::text[])",
         list({c.channel_id for c in req.capacity} | set(channels)))}
@@ -236,14 +241,17 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest) -> pb.
                                             c.kidney_function_valid_days, c.preparation_days, c.preparation_note)
         await conn.execute("""
             INSERT INTO exam_channels (channel_id, hospital_id, modality, device_id, building, floor, room, slot_minutes,
-                                       preparation_days, preparation, contraindications)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                       preparation_days, preparation, contraindications, contrast_agent,
+                                       required_results)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
             ON CONFLICT (channel_id) DO UPDATE SET modality = EXCLUDED.modality, device_id = EXCLUDED.device_id,
                 building = EXCLUDED.building, floor = EXCLUDED.floor, room = EXCLUDED.room,
                 slot_minutes = EXCLUDED.slot_minutes, preparation_days = EXCLUDED.preparation_days,
-                preparation = EXCLUDED.preparation, contraindications = EXCLUDED.contraindications""",
+                preparation = EXCLUDED.preparation, contraindications = EXCLUDED.contraindications,
+                contrast_agent = EXCLUDED.contrast_agent, required_results = EXCLUDED.required_results""",
                            c.channel_id, req.hospital_id, c.modality, c.device_id, c.place.building, c.place.floor,
-                           c.place.room, c.slot_minutes, c.preparation_days, text, list(c.contraindications))
+                           c.place.room, c.slot_minutes, c.preparation_days, text, list(c.contraindications),
+                           c.contrast_agent, [r.strip().upper() for r in c.required_results])
     slots = 0
     for d, day, start, end, length in days:
         starts = calendar.cut(start, end, length)

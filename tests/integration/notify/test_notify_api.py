@@ -9,6 +9,7 @@ from notify.v1 import notify_service_pb2 as pb
 from notify.v1 import notify_service_pb2_grpc as pb_grpc
 from referral.v1 import events_pb2 as ref_ev
 from services.common.auth import Role
+from tests.support.membership import publish_members, wait_members
 
 from .notify_support import Patient, Referral, eventually, new_openid, notify_service, publish, vendor_env
 
@@ -31,7 +32,8 @@ async def test_api_end_to_end(stack, monkeypatch, vendors, broker):
     desk = stack.metadata(ref.hospital_id, Role.REFERRAL_DESK)
     doctor = stack.metadata(ref.clinic_id, Role.CLINIC_DOCTOR)
     stranger = stack.metadata("H-elsewhere", Role.REFERRAL_DESK)
-    office = stack.metadata("OFFICE", Role.CONSORTIUM_OFFICE)
+    consortium = "O" + ref.hospital_id  # this test's own consortium: membership by events
+    office = stack.metadata(consortium, Role.CONSORTIUM_OFFICE)
     async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (app, _):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = pb_grpc.NotifyServiceStub(channel)
@@ -106,9 +108,23 @@ async def test_api_end_to_end(stack, monkeypatch, vendors, broker):
             got = await stub.GetNotification(pb.GetNotificationRequest(name=note.name), metadata=doctor)
             assert got.text == note.text
 
+            # Before the hospital's membership arrives the office sees nothing of it.
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await stub.GetDeliveryStats(pb.GetDeliveryStatsRequest(hospital_id=ref.hospital_id), metadata=office)
+            assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+            await publish_members(broker, consortium, ref.hospital_id, ref.clinic_id)
+            await publish_members(broker, "X" + consortium, other.hospital_id, other.clinic_id)
+            await wait_members(app.ctx.pool, ref.hospital_id, other.hospital_id)
             stats = await stub.GetDeliveryStats(pb.GetDeliveryStatsRequest(hospital_id=ref.hospital_id),
                                                 metadata=office)
             assert stats.notifications == 1
+            # Without a hospital: every hospital of the office's consortium, and no other.
+            everything = await stub.GetDeliveryStats(pb.GetDeliveryStatsRequest(), metadata=office)
+            assert everything == stats
+            with pytest.raises(grpc.aio.AioRpcError) as foreign:
+                await stub.GetDeliveryStats(pb.GetDeliveryStatsRequest(hospital_id=ref.hospital_id),
+                                            metadata=stack.metadata("X" + consortium, Role.CONSORTIUM_OFFICE))
+            assert foreign.value.code() == grpc.StatusCode.NOT_FOUND
             [wx] = stats.channels
             assert (wx.channel, wx.sent) == (pb.CHANNEL_WECHAT, 1)
             with pytest.raises(grpc.aio.AioRpcError) as denied:

@@ -40,10 +40,14 @@ async def test_referral_events_reach_jetstream_without_identifiers(world, stack)
                 await m.ack()
                 assert request.patient.mobile.encode() not in m.data
                 assert request.patient.id_number.encode() not in m.data
-                seen.append(event_pb2.EventEnvelope.FromString(m.data))
+                env = event_pb2.EventEnvelope.FromString(m.data)
+                (members if env.event_type == "referral.v1.InstitutionUpserted" else seen).append(env)
             return len(seen) >= 2
 
+        members: list[event_pb2.EventEnvelope] = []
         await _until(two)
+        # The membership of the consortium went out first (subject: the lead hospital).
+        assert {e.aggregate_id for e in members} >= {world.hospital, *world.clinics}
         assert [e.event_type for e in seen] == ["referral.v1.ReferralSubmitted", "referral.v1.ReferralAccepted"]
         submitted = events_pb2.ReferralSubmitted()
         seen[0].payload.Unpack(submitted)

@@ -11,6 +11,8 @@ from services.common.auth import Role
 from services.scheduling.domain import calendar
 from services.scheduling.service_layer import jobs
 
+from tests.support.membership import publish_members, wait_members
+
 from .conftest import admission, pdate, referral, session, timedelta, today
 
 
@@ -43,6 +45,9 @@ async def test_unbooked_reserved_places_are_released_at_the_deadline(stack, app,
                                      metadata=desk)
     reserved = next(p for p in util.pools if p.resource_type == pb.RESOURCE_TYPE_OUTPATIENT and p.pool == "reserved")
     assert (reserved.places, reserved.booked, reserved.released, reserved.open) == (6, 1, 2, 3)
+    # A clinic doctor reads availability of its own consortium's hospitals (membership by events).
+    await publish_members(app.ctx.broker, f"C-{hospital}", hospital, "CLINIC05")
+    await wait_members(app.ctx.pool, hospital, "CLINIC05")
     listed = await stub.ListAvailability(pb.ListAvailabilityRequest(
         hospital_id=hospital, resource_type=pb.RESOURCE_TYPE_OUTPATIENT, to_date=pdate(later)),
         metadata=stack.metadata("CLINIC05", Role.CLINIC_DOCTOR))

@@ -40,10 +40,11 @@ CALLS = {
     "waitlist": (lambda r, a: r.waitlist(a, NOW, "号源已满"), SCHEDULER),
     "schedule": (lambda r, a: r.schedule(a, NOW, "B1", []), SCHEDULER),
     "booking_cancelled": (lambda r, a: r.booking_cancelled(a, NOW, "B1", "取消"), SCHEDULER),
+    "rebook": (lambda r, a: r.rebook(a, NOW, "患者要求重新预约"), HOSPITAL),
 }
 EVENTS = {"submit": "submitted", "resubmit": "submitted", "accept": "accepted", "reject": "rejected",
           "return": "returned", "cancel": "cancelled", "withdraw_consent": "cancelled", "arrive": "arrived",
-          "no_show": "no_show", "complete": "completed"}
+          "no_show": "no_show", "complete": "completed", "rebook": "accepted"}
 
 
 @pytest.mark.parametrize("state", list(State))
@@ -66,7 +67,7 @@ def test_transition_table(state, action):
         assert info.value.reason == "ILLEGAL_TRANSITION" and r.state is state and not r.history
 
 
-@pytest.mark.parametrize("action", ["accept", "reject", "return", "arrive", "no_show", "complete"])
+@pytest.mark.parametrize("action", ["accept", "reject", "return", "arrive", "no_show", "complete", "rebook"])
 def test_sender_cannot_act_for_the_receiver(action):
     call, _ = CALLS[action]
     state = next(iter(TRANSITIONS[action][0]))
@@ -210,3 +211,28 @@ def test_billing_continuity():
     (rules.Colour.RED, rules.Colour.YELLOW, Level.TOWNSHIP, None)])
 def test_colour_change_proposes_a_level(previous, colour, level, move):
     assert rules.proposed_move(previous, colour, level) is move
+
+
+def test_rebook_clears_the_old_booking_and_needs_a_reason():
+    r = referral(State.NO_SHOW)
+    r.booking_id, r.scheduled_at, r.waitlist_reason = "B1", NOW, "x"
+    with pytest.raises(InvalidArgument):
+        r.rebook(HOSPITAL, NOW, " ")
+    later = NOW + timedelta(days=1)
+    [event] = r.rebook(HOSPITAL, later, "天气原因")
+    assert event.kind == "accepted" and r.state is State.ACCEPTED and r.history[-1].reason == "天气原因"
+    assert (r.booking_id, r.scheduled_items, r.scheduled_at, r.accepted_at) == ("", [], None, later)
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_only_the_sender_edits_a_draft_or_returned_referral(state):
+    r = referral(state)
+    if state in (State.DRAFT, State.RETURNED):
+        r.edit(CLINIC, NOW)
+        with pytest.raises(PermissionDenied):
+            r.edit(HOSPITAL, NOW)
+    else:
+        with pytest.raises(FailedPrecondition) as info:
+            r.edit(CLINIC, NOW)
+        assert info.value.reason == "NOT_EDITABLE"
+    assert r.state is state
