@@ -145,6 +145,8 @@ async def drain(system: System, timeout: float = 180.0) -> float:
     no patient message due and unsent. The event phase measures a steady flow, so it starts
     on an idle system, not behind the create phase's thousands of queued messages."""
     conn = await asyncpg.connect(system.env["DATABASE_URL"])
+    nc = await nats.connect(system.env["NATS_URL"])
+    js = nc.jetstream()
     loop = asyncio.get_running_loop()
     start = loop.time()
     quiet = 0
@@ -155,12 +157,16 @@ async def drain(system: System, timeout: float = 180.0) -> float:
                 " + (SELECT count(*) FROM scheduling.outbox WHERE sent_at IS NULL)"
                 " + (SELECT count(*) FROM notify.outbox WHERE sent_at IS NULL)"
                 " + (SELECT count(*) FROM notify.deliveries WHERE status IN ('PENDING', 'SENDING') AND due_at <= now())")
+            for stream in await js.streams_info():  # events published but not yet consumed
+                for consumer in await js.consumers_info(stream.config.name):
+                    busy += consumer.num_pending + consumer.num_ack_pending
             quiet = quiet + 1 if busy == 0 else 0
-            if quiet >= 3:  # idle for a second: consumers have caught up too
+            if quiet >= 3:  # idle for a second
                 break
             await asyncio.sleep(0.5)
     finally:
         await conn.close()
+        await nc.close()
     return round(loop.time() - start, 1)
 
 
