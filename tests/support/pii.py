@@ -25,7 +25,7 @@ def is_id_number(value: str) -> bool:
     except ValueError:
         return False
     check = _CHECK[sum(int(d) * w for d, w in zip(value[:17], _WEIGHTS)) % 11]
-    return 1900 <= born.year and value[17].upper() == check
+    return 1900 <= born.year and born <= date.today() and value[17].upper() == check
 
 
 def find_pii(text: str) -> list[str]:

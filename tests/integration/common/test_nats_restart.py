@@ -35,7 +35,9 @@ async def test_consumer_resumes_after_nats_restart(stack, pool, broker, schema):
     resumed = await _until(lambda: len(got) >= 6, timeout=30)
     assert resumed, "consumer did not resume after the restart"
     seconds = time.monotonic() - restarted
-    await _until(lambda: len(got) == 10, timeout=20)
+    # A message whose ack was lost in the restart comes back after the consumer's ack_wait
+    # (30 s); the inbox then absorbs it. Wait past that before calling anything stranded.
+    await _until(lambda: len(got) == 10, timeout=45)
     stranded = len(set(ids) - set(got))
     print(f"nats restart: consumption resumed after {seconds:.2f}s, stranded = {stranded}")
     assert stranded == 0 and len(got) == 10
