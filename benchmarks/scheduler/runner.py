@@ -167,7 +167,11 @@ def pas(cfg: BenchConfig, echo: Callable[[str], None]) -> list[dict]:
         "   weights per patient-night: " + ", ".join(f"{k} {v}" for k, v in WEIGHTS.items())
         + " (transfer per bed change).\n   gender: M/F room each patient-night of the other gender; D room the minority per night."
         "\n   room_capacity: per distinct capacity category above the preference; specialism: per priority step, missing = worst listed priority."
-        "\n   * bound proven by CP-SAT over schedules that keep each patient in one room (no transfers)."
+        "\n   CP-SAT cost: whole room-per-patient model (greedy hint) for 70 % of the time, then a seeded LNS for the rest"
+        "\n   (frees the patients of a random night range or department, re-solves them with the others fixed, keeps only"
+        "\n   improvements; from the greedy rooms if the whole model found nothing); beds inside each room by arrival,"
+        "\n   scored with the weights above."
+        "\n   * bound proven by CP-SAT (whole model, first 70 % of the time) over schedules that keep each patient in one room (no transfers)."
     )
     return out
 

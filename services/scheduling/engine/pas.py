@@ -44,6 +44,7 @@ bound over such no-transfer schedules only.
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -384,8 +385,14 @@ def _cheapest_bed_for_night(inst: PasInstance, tables: _Tables, p: PasPatient, n
 # --------------------------------------------------------------------------- CP-SAT
 
 
-def solve_pas(inst: PasInstance, time_limit_seconds: float = 60.0, num_workers: int = 2, random_seed: int = 0, hint: PasResult | None = None) -> PasResult:
-    """Room per patient (no transfers), minimising the literature's cost."""
+def solve_pas(inst: PasInstance, time_limit_seconds: float = 60.0, num_workers: int = 2, random_seed: int = 0, hint: PasResult | None = None, lns_share: float = 0.3) -> PasResult:
+    """Room per patient (no transfers), minimising the literature's cost.
+
+    The whole model runs for ``(1 - lns_share)`` of the time limit; unless it proved
+    optimality, the rest goes to a seeded large-neighbourhood search (``_lns``) that frees
+    a window of patients, re-solves them with everybody else fixed and keeps only
+    improvements. The bound is the whole model's (still valid: the LNS only moves the
+    primal)."""
     started = time.perf_counter()
     tables = _Tables.of(inst)
     hint = hint or solve_pas_greedy(inst)
@@ -423,13 +430,25 @@ def solve_pas(inst: PasInstance, time_limit_seconds: float = 60.0, num_workers: 
     _add_hint(m, inst, hint, x, rooms, gender_vars)
     m.Minimize(sum(obj))
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_seconds
+    lns_share = min(max(lns_share, 0.0), 1.0)
+    solve_started = time.perf_counter()
+    solver.parameters.max_time_in_seconds = time_limit_seconds * (1.0 - lns_share)
     solver.parameters.num_workers = num_workers
     solver.parameters.random_seed = random_seed
     code = solver.Solve(m)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return PasResult("cpsat", hint.cost, hint.terms, None, "NO_SOLUTION(greedy returned)", time.perf_counter() - started, hint.beds)
+        if lns_share <= 0 or any(len(set(plan)) > 1 for plan in hint.beds.values()):
+            return PasResult("cpsat", hint.cost, hint.terms, None, "NO_SOLUTION(greedy returned)", time.perf_counter() - started, hint.beds)
+        # The whole model found nothing in its share: the LNS starts from the greedy rooms.
+        rooms_of = _lns(inst, tables, rooms, staying, {pid: inst.beds[plan[0]] for pid, plan in hint.beds.items()}, solve_started + time_limit_seconds, num_workers, random_seed)
+        beds = _beds_within_rooms(inst, tables, rooms_of)
+        terms = score_pas(inst, beds)
+        if sum(terms.values()) >= hint.cost:
+            return PasResult("cpsat", hint.cost, hint.terms, None, "NO_SOLUTION(greedy returned)", time.perf_counter() - started, hint.beds)
+        return PasResult("cpsat", round(sum(terms.values()), 6), terms, None, "FEASIBLE(greedy+LNS)", time.perf_counter() - started, beds)
     rooms_of = {p.patient_id: next(r.room_id for r in rooms if solver.BooleanValue(x[p.patient_id, r.room_id])) for p in staying}
+    if code != cp_model.OPTIMAL and lns_share > 0:
+        rooms_of = _lns(inst, tables, rooms, staying, rooms_of, solve_started + time_limit_seconds, num_workers, random_seed)
     beds = _beds_within_rooms(inst, tables, rooms_of)
     terms = score_pas(inst, beds)
     bound = math.floor(solver.BestObjectiveBound() + 1e-6) / _SCALE
@@ -454,3 +473,146 @@ def _add_hint(m: cp_model.CpModel, inst: PasInstance, hint: PasResult, x: dict[t
         males, females = present.count("M"), present.count("F")
         m.AddHint(male_night, males >= females)
         m.AddHint(conflicts, min(males, females))
+
+
+# --------------------------------------------------------------------------- LNS
+
+
+_LNS_CHEAPEST = 10  # open rooms per freed patient besides the window's own rooms
+
+
+class _Objective:
+    """The CP-SAT objective (tenths) of a room per patient, with cached stay costs."""
+
+    def __init__(self, inst: PasInstance, tables: _Tables, rooms: list[PasRoom]) -> None:
+        self.inst, self.tables, self.rooms = inst, tables, rooms
+        self.cap = {r.room_id: len(tables.beds_of_room[r.room_id]) for r in rooms}
+        self._stay: dict[tuple[int, int], int] = {}
+
+    def stay(self, p: PasPatient, room: PasRoom) -> int:
+        key = (p.patient_id, room.room_id)
+        if key not in self._stay:
+            self._stay[key] = round(_SCALE * _stay_cost(self.inst, self.tables, p, room))
+        return self._stay[key]
+
+    def total(self, staying: list[PasPatient], rooms_of: dict[int, int]) -> int:
+        genders: dict[tuple[int, int], list[str]] = {}
+        value = 0
+        for p in staying:
+            room = self.inst.rooms[rooms_of[p.patient_id]]
+            value += self.stay(p, room)
+            if room.gender_policy == "D":
+                for n in p.nights:
+                    genders.setdefault((room.room_id, n), []).append(p.gender)
+        gender_w = round(_SCALE * WEIGHTS["gender"])
+        return value + gender_w * sum(_gender_conflicts("D", g) for g in genders.values())
+
+
+def _lns_window(inst: PasInstance, staying: list[PasPatient], rooms_of: dict[int, int], rng: random.Random, size: int) -> list[PasPatient]:
+    """Patients to free: those overlapping a random range of nights, or those lying in
+    one random department's rooms (half the draws each), cut to ``size`` at random."""
+    if rng.random() < 0.5:
+        first = rng.randrange(inst.horizon)
+        last = first + rng.randint(1, 7)
+        pool = [p for p in staying if p.arrival < last and p.departure > first]
+    else:
+        dept = rng.choice(sorted(inst.departments))
+        pool = [p for p in staying if inst.rooms[rooms_of[p.patient_id]].department_id == dept]
+        if rng.random() < 0.5:  # a night range inside the department keeps the window local
+            first = rng.randrange(inst.horizon)
+            last = first + rng.randint(7, 21)
+            pool = [p for p in pool if p.arrival < last and p.departure > first] or pool
+    if len(pool) > size:
+        pool = rng.sample(pool, size)
+    return pool
+
+
+def _lns(inst: PasInstance, tables: _Tables, rooms: list[PasRoom], staying: list[PasPatient], rooms_of: dict[int, int], deadline: float, num_workers: int, random_seed: int) -> dict[int, int]:
+    """Free a window of patients, re-solve their rooms with the others fixed (capacity
+    and gender counts of the fixed patients as constants), keep strict improvements."""
+    rng = random.Random(random_seed)
+    objective = _Objective(inst, tables, rooms)
+    current = dict(rooms_of)
+    best = objective.total(staying, current)
+    gender_w = round(_SCALE * WEIGHTS["gender"])
+    size = 40
+    iteration = 0
+    while True:
+        remaining = deadline - time.perf_counter()
+        if remaining < 0.2:
+            break
+        iteration += 1
+        window = _lns_window(inst, staying, current, rng, size)
+        if not window:
+            continue
+        free = {p.patient_id for p in window}
+        occupied: dict[tuple[int, int], int] = {}
+        fixed_genders: dict[tuple[int, int], list[str]] = {}
+        for p in staying:
+            if p.patient_id in free:
+                continue
+            rid = current[p.patient_id]
+            for n in p.nights:
+                occupied[rid, n] = occupied.get((rid, n), 0) + 1
+                fixed_genders.setdefault((rid, n), []).append(p.gender)
+        m = cp_model.CpModel()
+        x: dict[tuple[int, int], cp_model.IntVar] = {}
+        obj: list[cp_model.LinearExprT] = []
+        present: dict[tuple[int, int], list[tuple[cp_model.IntVar, str]]] = {}
+        window_rooms = {current[p.patient_id] for p in window}
+        for p in window:
+            choices = []
+            open_rooms = [r for r in rooms if all(occupied.get((r.room_id, n), 0) < objective.cap[r.room_id] for n in p.nights)]
+            # The window's own rooms (to swap within) and the patient's cheapest open rooms.
+            cheapest = {r.room_id for r in sorted(open_rooms, key=lambda r: (objective.stay(p, r), r.room_id))[:_LNS_CHEAPEST]}
+            for room in open_rooms:
+                if room.room_id not in window_rooms and room.room_id not in cheapest:
+                    continue
+                v = m.NewBoolVar("")
+                x[p.patient_id, room.room_id] = v
+                choices.append(v)
+                obj.append(objective.stay(p, room) * v)
+                for n in p.nights:
+                    present.setdefault((room.room_id, n), []).append((v, p.gender))
+            m.AddExactlyOne(choices)
+        for (room_id, night), uses in present.items():
+            cap = objective.cap[room_id]
+            left = cap - occupied.get((room_id, night), 0)
+            if len(uses) > left:
+                m.Add(sum(v for v, _ in uses) <= left)
+            fixed = fixed_genders.get((room_id, night), [])
+            if inst.rooms[room_id].gender_policy != "D" or len({g for _, g in uses} | set(fixed)) < 2:
+                continue
+            males = fixed.count("M") + sum(v for v, g in uses if g == "M")
+            females = fixed.count("F") + sum(v for v, g in uses if g == "F")
+            male_night = m.NewBoolVar("")
+            conflicts = m.NewIntVar(0, cap, "")
+            m.Add(conflicts >= females - cap * (1 - male_night))
+            m.Add(conflicts >= males - cap * male_night)
+            obj.append(gender_w * conflicts)
+            now = fixed + [p.gender for p in window if current[p.patient_id] == room_id and p.arrival <= night < p.departure]
+            m.AddHint(male_night, now.count("M") >= now.count("F"))
+            m.AddHint(conflicts, _gender_conflicts("D", now))
+        for p in window:  # the current rooms are a feasible start
+            for room in rooms:
+                if (p.patient_id, room.room_id) in x:
+                    m.AddHint(x[p.patient_id, room.room_id], room.room_id == current[p.patient_id])
+        m.Minimize(sum(obj))
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = min(1.0, remaining - 0.1)
+        solver.parameters.num_workers = num_workers
+        solver.parameters.random_seed = random_seed + iteration
+        code = solver.Solve(m)
+        if code == cp_model.OPTIMAL:
+            size = min(size + 5, 400)
+        elif code == cp_model.FEASIBLE:
+            size = max(size - 5, 15)
+        if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            continue
+        candidate = dict(current)
+        for p in window:
+            candidate[p.patient_id] = next(r.room_id for r in rooms if (p.patient_id, r.room_id) in x and solver.BooleanValue(x[p.patient_id, r.room_id]))
+        value = objective.total(staying, candidate)
+        if value < best:
+            best, current = value, candidate
+    return current
