@@ -76,6 +76,9 @@ def build(ctx: AppContext) -> ServiceParts:
 
     async def release_loop() -> None:
         while True:
+            # Sleep first: a release at the very start of a replica would race with whoever is
+            # setting capacity up (a deploy, a test), and nothing is lost by waiting one poll.
+            await asyncio.sleep(settings.release_poll_seconds)
             try:
                 now = sched.clock()
                 released = 0
@@ -87,7 +90,6 @@ def build(ctx: AppContext) -> ServiceParts:
                 log.warning("release job failed, will retry", error=str(exc))
             except Exception:  # noqa: BLE001
                 log.exception("release job error")
-            await asyncio.sleep(settings.release_poll_seconds)
 
     return ServiceParts(registrars=[registrar(ctx.pool, sched)], subscriptions=[subscription(sched), membership.subscription("scheduling-membership")],
                         background=[reopt.loop, release_loop])
