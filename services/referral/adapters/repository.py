@@ -5,6 +5,7 @@ All functions take a connection so the service layer owns the transaction.
 from __future__ import annotations
 
 import json
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -306,43 +307,65 @@ class CreateContext:
     episode_paid_fen: int            # its total when read (insert_new checks it is unchanged)
 
 
+@dataclass(frozen=True)
+class ContextQuery:
+    sending_institution_id: str
+    request_id: str
+    receiving_institution_id: str
+    patient_id: str
+    icd_category: str
+    find_episode_since: datetime | None  # None: the create names its episode
+
+
+# One row per create asked about, in the order asked; any number of creates, of any consortium.
 _CREATE_CONTEXT = """
-WITH s AS (SELECT consortium_id FROM institutions WHERE institution_id = $1),
-ep AS (SELECT episode_id, deductible_paid_fen FROM episodes
-       WHERE $6 AND consortium_id = (SELECT consortium_id FROM s) AND patient_id = $4 AND icd_category = $5
-         AND last_activity_at >= $7 ORDER BY last_activity_at DESC LIMIT 1 {lock}),
-cat AS (SELECT version, created_at FROM disease_catalogues
-        WHERE consortium_id = (SELECT consortium_id FROM s) ORDER BY version DESC LIMIT 1)
-SELECT (SELECT referral_id FROM referrals WHERE sending_institution_id = $1 AND request_id = $2) AS existing_id,
-       (SELECT i FROM institutions i WHERE i.institution_id = $1) AS sender,
-       (SELECT r FROM institutions r WHERE r.institution_id = $3) AS receiver,
-       (SELECT c FROM consortiums c WHERE c.consortium_id = (SELECT consortium_id FROM s)) AS consortium,
-       coalesce((SELECT version FROM cat), 0) AS catalogue_version, (SELECT created_at FROM cat) AS catalogue_stamp,
-       (SELECT episode_id FROM ep) AS episode_id, coalesce((SELECT deductible_paid_fen FROM ep), 0) AS episode_paid
+SELECT (SELECT referral_id FROM referrals WHERE sending_institution_id = q.sender AND request_id = q.request_id)
+           AS existing_id,
+       (SELECT i FROM institutions i WHERE i.institution_id = q.sender) AS sender,
+       (SELECT r FROM institutions r WHERE r.institution_id = q.receiver) AS receiver,
+       (SELECT c FROM consortiums c WHERE c.consortium_id = s.consortium_id) AS consortium,
+       coalesce(cat.version, 0) AS catalogue_version, cat.created_at AS catalogue_stamp,
+       ep.episode_id, coalesce(ep.deductible_paid_fen, 0) AS episode_paid
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::timestamptz[])
+    WITH ORDINALITY AS q(sender, request_id, receiver, patient_id, category, find, since, n)
+LEFT JOIN institutions s ON s.institution_id = q.sender
+LEFT JOIN LATERAL (SELECT version, created_at FROM disease_catalogues WHERE consortium_id = s.consortium_id
+                   ORDER BY version DESC LIMIT 1) cat ON true
+LEFT JOIN LATERAL (SELECT episode_id, deductible_paid_fen FROM episodes
+                   WHERE q.find AND consortium_id = s.consortium_id AND patient_id = q.patient_id
+                     AND icd_category = q.category AND last_activity_at >= q.since
+                   ORDER BY last_activity_at DESC LIMIT 1 {lock}) ep ON true
+ORDER BY q.n
 """
 
 _CREATE_CONTEXT_PLAIN = _CREATE_CONTEXT.format(lock="")
 _CREATE_CONTEXT_LOCKED = _CREATE_CONTEXT.format(lock="FOR UPDATE")
 
 
-async def create_context(conn: asyncpg.Connection, sending_institution_id: str, request_id: str,
-                         receiving_institution_id: str, patient_id: str, icd_category: str,
-                         find_episode_since: datetime | None, *, lock_episode: bool = False) -> CreateContext:
-    """Idempotency check, both members, the consortium's settings, its catalogue version and
-    (when `find_episode_since` is set) the patient's open episode, as `find_episode` finds it;
-    `lock_episode` locks that row (FOR UPDATE) for the rest of the caller's transaction."""
-    sql = _CREATE_CONTEXT_LOCKED if lock_episode else _CREATE_CONTEXT_PLAIN
-    row = await conn.fetchrow(sql, sending_institution_id, request_id, receiving_institution_id,
-                              patient_id, icd_category, find_episode_since is not None,
-                              find_episode_since or datetime(1970, 1, 1).astimezone())
-    sender, receiver, consortium = row["sender"], row["receiver"], row["consortium"]
-    return CreateContext(
-        existing_id=row["existing_id"],
-        sender=_institution(sender) if sender is not None else None,
-        receiver=_institution(receiver) if receiver is not None else None,
-        settings=_consortium(consortium) if consortium is not None else None,
-        catalogue_version=row["catalogue_version"], catalogue_stamp=row["catalogue_stamp"],
-        episode_id=row["episode_id"], episode_paid_fen=row["episode_paid"])
+async def create_context(conn: asyncpg.Connection, queries: list[ContextQuery], *,
+                         lock_episode: bool = False) -> list[CreateContext]:
+    """Per create: the idempotency check, both members, the consortium's settings, its
+    catalogue version and (when `find_episode_since` is set) the patient's open episode, as
+    `find_episode` finds it; `lock_episode` locks those rows (FOR UPDATE) for the rest of
+    the caller's transaction."""
+    epoch = datetime(1970, 1, 1).astimezone()
+    rows = await conn.fetch(
+        _CREATE_CONTEXT_LOCKED if lock_episode else _CREATE_CONTEXT_PLAIN,
+        [q.sending_institution_id for q in queries], [q.request_id for q in queries],
+        [q.receiving_institution_id for q in queries], [q.patient_id for q in queries],
+        [q.icd_category for q in queries], [q.find_episode_since is not None for q in queries],
+        [q.find_episode_since or epoch for q in queries])
+    out = []
+    for row in rows:
+        sender, receiver, consortium = row["sender"], row["receiver"], row["consortium"]
+        out.append(CreateContext(
+            existing_id=row["existing_id"],
+            sender=_institution(sender) if sender is not None else None,
+            receiver=_institution(receiver) if receiver is not None else None,
+            settings=_consortium(consortium) if consortium is not None else None,
+            catalogue_version=row["catalogue_version"], catalogue_stamp=row["catalogue_stamp"],
+            episode_id=row["episode_id"], episode_paid_fen=row["episode_paid"]))
+    return out
 
 
 class CatalogueCache:
@@ -354,14 +377,16 @@ class CatalogueCache:
         self._size = size
         self._entries: dict[tuple, Catalogue] = {}
 
-    async def get(self, conn: asyncpg.Connection, consortium_id: str, version: int,
-                  stamp: datetime | None) -> Catalogue:
+    async def get(self, connection: AbstractAsyncContextManager[asyncpg.Connection], consortium_id: str,
+                  version: int, stamp: datetime | None) -> Catalogue:
+        """`connection` is entered only when the version is not cached yet."""
         if not version:
             return EMPTY_CATALOGUE
         key = (consortium_id, version, stamp)
         found = self._entries.get(key)
         if found is None:
-            found = await catalogue(conn, consortium_id, version)
+            async with connection as conn:
+                found = await catalogue(conn, consortium_id, version)
             if len(self._entries) >= self._size:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[key] = found
@@ -369,76 +394,128 @@ class CatalogueCache:
 
 
 class EpisodeMoved(Exception):
-    """The episode's total changed between `create_context` and `insert_new`: nothing was
+    """An episode's total changed between `create_context` and `insert_new`: nothing was
     written; read again and retry."""
 
 
+@dataclass
+class NewReferral:
+    """Everything one create writes, built before the write (see `insert_new`)."""
+    referral: Referral
+    episode_category: str
+    add_fen: int
+    episode_paid_before: int         # the total `create_context` read; the write checks it
+    now: datetime
+    outbox_rows: list[tuple]         # services.common.outbox.row values
+    audit_row: tuple                 # services.common.audit.values
+    change: bytes                    # the change-log payload (WatchReferralsResponse)
+
+
+# One statement for any number of creates of one consortium: every row goes in as an array
+# element, and the rows of a create whose request id was already used are dropped by the
+# joins on `ins`. The consortium's row lock orders the change log's commits within a
+# consortium (see append_change); this statement is the whole transaction, so the lock is
+# held only to its commit, once for the whole batch.
+_REFERRAL_ARRAYS = ("text", "smallint", "smallint", "text", "text", "text", "smallint", "text", "text", "text",
+                    "text", "text", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "timestamptz",
+                    "text")
+_V_COLUMNS = tuple(c for c in _COLUMNS if c not in ("consortium_id", "version"))
+
+
+def _arrays(start: int, types: tuple[str, ...]) -> str:
+    return ", ".join(f"${start + i}::{t}[]" for i, t in enumerate(types))
+
+
+_N = len(_REFERRAL_ARRAYS)
 _INSERT_NEW = f"""
-WITH ins AS (
+WITH v AS (
+    SELECT * FROM unnest({_arrays(2, _REFERRAL_ARRAYS)},
+                         {_arrays(2 + _N, ("text", "bigint", "bigint", "timestamptz", "bytea"))})
+    WITH ORDINALITY AS v({', '.join(_V_COLUMNS)}, icd_category, add_fen, paid_before, now, change, n)),
+ins AS (
     INSERT INTO referrals ({', '.join(_COLUMNS)})
-    VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})
+    SELECT referral_id, $1::text, {', '.join(_V_COLUMNS[1:-1])}, 1, body::jsonb FROM v ORDER BY n
     ON CONFLICT (sending_institution_id, request_id) DO NOTHING RETURNING referral_id),
 ep AS (
     INSERT INTO episodes (episode_id, consortium_id, patient_id, icd_category, deductible_paid_fen, created_at,
                           last_activity_at)
-    SELECT $21::text, $2::text, $11::text, $22::text, $23::bigint, $24::timestamptz, $24::timestamptz FROM ins
-    ON CONFLICT (episode_id) DO UPDATE SET deductible_paid_fen = episodes.deductible_paid_fen + $23::bigint,
-                                           last_activity_at = $24::timestamptz
-        WHERE episodes.deductible_paid_fen = $25::bigint
-    RETURNING deductible_paid_fen),
+    SELECT v.episode_id, $1::text, v.patient_id, v.icd_category, v.add_fen, v.now, v.now FROM v JOIN ins USING (referral_id)
+    ON CONFLICT (episode_id) DO UPDATE SET deductible_paid_fen = episodes.deductible_paid_fen
+                                                                 + EXCLUDED.deductible_paid_fen,
+                                           last_activity_at = EXCLUDED.last_activity_at
+        -- Two creates of one episode in a batch make this subquery fail: the batch is then
+        -- written one create at a time.
+        WHERE episodes.deductible_paid_fen = (SELECT paid_before FROM v WHERE v.episode_id = episodes.episode_id)
+    RETURNING episode_id),
 tr AS (
     INSERT INTO referral_transitions (referral_id, from_state, to_state, actor, actor_institution_id, reason, at)
-    SELECT ins.referral_id, t.f, t.t, t.a, t.ai, t.r, t.at FROM ins,
-        unnest($26::smallint[], $27::smallint[], $28::text[], $29::text[], $30::text[], $31::timestamptz[])
-        WITH ORDINALITY AS t(f, t, a, ai, r, at, n)
-    ORDER BY t.n),
+    SELECT t.referral_id, t.f, t.t, t.a, t.ai, t.r, t.at
+    FROM unnest({_arrays(2 + _N + 5, ("text", "smallint", "smallint", "text", "text", "text", "timestamptz"))})
+        WITH ORDINALITY AS t(referral_id, f, t, a, ai, r, at, n)
+    JOIN ins USING (referral_id) ORDER BY t.n),
 ob AS (
     INSERT INTO outbox (event_id, subject, event_type, aggregate_id, payload)
-    SELECT o.id, o.s, o.et, ins.referral_id, o.p FROM ins,
-        unnest($32::uuid[], $33::text[], $34::text[], $35::bytea[]) WITH ORDINALITY AS o(id, s, et, p, n)
-    ORDER BY o.n),
+    SELECT o.id, o.s, o.et, o.referral_id, o.p
+    FROM unnest({_arrays(2 + _N + 12, ("text", "uuid", "text", "text", "bytea"))})
+        WITH ORDINALITY AS o(referral_id, id, s, et, p, n)
+    JOIN ins USING (referral_id) ORDER BY o.n),
 au AS (
     INSERT INTO audit_log (subject, institution_id, role, action, resource, patient_id, request_id)
-    SELECT $36::text, $37::text, $38::text, $39::text, $40::text, $41::text, $42::text FROM ins),
--- The consortium row lock orders the change log's commits within a consortium (see
--- append_change); this statement is the whole transaction, so it is held only to its commit.
+    SELECT a.subject, a.institution_id, a.role, a.action, a.resource, a.patient_id, a.request_id
+    FROM unnest({_arrays(2 + _N + 17, ("text",) * 8)})
+        WITH ORDINALITY AS a(referral_id, subject, institution_id, role, action, resource, patient_id, request_id, n)
+    JOIN ins USING (referral_id) ORDER BY a.n),
+cnt AS (SELECT count(*) AS k FROM ins),
 seq AS (
-    UPDATE consortiums SET change_seq = change_seq + 1
-    WHERE consortium_id = $2 AND EXISTS (SELECT 1 FROM ins) RETURNING change_seq),
+    UPDATE consortiums SET change_seq = change_seq + (SELECT k FROM cnt)
+    WHERE consortium_id = $1 AND (SELECT k FROM cnt) > 0 RETURNING change_seq),
 ch AS (
     INSERT INTO referral_changes (consortium_id, seq, referral_id, sending_institution_id,
                                   receiving_institution_id, payload)
-    SELECT $2, seq.change_seq, $1, $5, $6, $43::bytea FROM seq)
-SELECT EXISTS (SELECT 1 FROM ins) AS inserted, (SELECT deductible_paid_fen FROM ep) AS paid,
-       CASE WHEN EXISTS (SELECT 1 FROM ins) AND NOT EXISTS (SELECT 1 FROM ep)
+    SELECT $1, seq.change_seq - cnt.k + row_number() OVER (ORDER BY v.n), v.referral_id, v.sending_institution_id,
+           v.receiving_institution_id, v.change
+    FROM v JOIN ins USING (referral_id) CROSS JOIN seq CROSS JOIN cnt)
+SELECT coalesce((SELECT array_agg(referral_id) FROM ins), '{{}}') AS inserted,
+       CASE WHEN (SELECT count(*) FROM ep) <> (SELECT k FROM cnt)
             THEN referral_retry('episode total changed: retry the create') END AS retry
 """
 
 
-async def insert_new(conn: asyncpg.Connection, referral: Referral, *, episode_category: str, add_fen: int,
-                     episode_paid_before: int, now: datetime, outbox_rows: list[tuple], audit_row: tuple,
-                     change: bytes) -> int | None:
-    """Everything a create writes, in one statement (so one transaction when run outside
-    one): the referral, the episode total, the transitions, the events, the audit row, the
-    change-log row. None (nothing written) when the institution already used the request
-    id; EpisodeMoved (nothing written) when the episode total is no longer
-    `episode_paid_before`; else the episode's total after this create."""
-    assert referral.billing is not None
-    referral.version = 1
-    history = referral.history
+async def insert_new(conn: asyncpg.Connection, consortium_id: str, writes: list[NewReferral]) -> list[bool]:
+    """Everything the creates of one consortium write, in one statement (so one transaction
+    when run outside one): the referrals, the episode totals, the transitions, the events,
+    the audit rows, the change-log rows. Per create: False (nothing written for it) when its
+    institution already used its request id. EpisodeMoved (nothing written at all) when an
+    episode's total is no longer the `episode_paid_before` of its create."""
+    columns: list[list] = [[] for _ in range(_N + 5)]
+    transitions: list[list] = [[] for _ in range(7)]
+    events: list[list] = [[] for _ in range(5)]
+    audits: list[list] = [[] for _ in range(8)]
+    for w in writes:
+        r = w.referral
+        assert r.billing is not None and r.consortium_id == consortium_id
+        r.version = 1
+        values = _row_values(r)
+        del values[18], values[1]   # version (always 1) and consortium (one per statement)
+        for column, value in zip(columns, (*values, w.episode_category, w.add_fen, w.episode_paid_before, w.now,
+                                           w.change)):
+            column.append(value)
+        for t in r.history:
+            for column, value in zip(transitions, (r.id, int(t.from_state) if t.from_state else None,
+                                                   int(t.to_state), t.actor, t.actor_institution_id, t.reason,
+                                                   t.at)):
+                column.append(value)
+        for o in w.outbox_rows:
+            for column, value in zip(events, (r.id, o[0], o[1], o[2], o[4])):
+                column.append(value)
+        for column, value in zip(audits, (r.id, *w.audit_row)):
+            column.append(value)
     try:
-        row = await conn.fetchrow(
-            _INSERT_NEW, *_row_values(referral),
-            referral.billing.episode_id, episode_category, add_fen, now, episode_paid_before,
-            [int(t.from_state) if t.from_state else None for t in history], [int(t.to_state) for t in history],
-            [t.actor for t in history], [t.actor_institution_id for t in history], [t.reason for t in history],
-            [t.at for t in history],
-            [o[0] for o in outbox_rows], [o[1] for o in outbox_rows], [o[2] for o in outbox_rows],
-            [o[4] for o in outbox_rows],
-            *audit_row, change)
+        row = await conn.fetchrow(_INSERT_NEW, consortium_id, *columns, *transitions, *events, *audits)
     except asyncpg.SerializationError as exc:
         raise EpisodeMoved() from exc
-    if not row["inserted"]:
-        return None
-    referral._persisted_history = len(history)  # type: ignore[attr-defined]
-    return row["paid"]
+    inserted = set(row["inserted"])
+    for w in writes:
+        if w.referral.id in inserted:
+            w.referral._persisted_history = len(w.referral.history)  # type: ignore[attr-defined]
+    return [w.referral.id in inserted for w in writes]

@@ -2,6 +2,7 @@
 WatchReferrals written in the same transaction as the change."""
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import asyncpg
 
 from referral.v1 import events_pb2, referral_service_pb2 as api
 from services.common import audit, outbox
+from services.common.batching import Batcher
 from services.common.auth import Caller, Role
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, Violations
 from services.common.logging import get_logger
@@ -56,6 +58,10 @@ class ReferralService:
         self.pii = pii
         self.clock = clock
         self._catalogues = repo.CatalogueCache()
+        self._writes: Batcher[str, repo.NewReferral, bool] = Batcher(
+            "referral_create", self._write_creates, self._write_create)
+        self._reads: Batcher[None, repo.ContextQuery, repo.CreateContext] = Batcher(
+            "referral_create_context", self._read_contexts, self._read_context)
 
     # --- scope ---------------------------------------------------------------------------
 
@@ -168,21 +174,30 @@ class ReferralService:
     # --- create --------------------------------------------------------------------------
 
     async def create(self, caller: Caller, cmd: commands.CreateReferral) -> Referral:
-        """Two statements: `repo.create_context` reads what the create decides on;
+        """A read and a write: `repo.create_context` reads what the create decides on;
         `repo.insert_new` writes the referral, its transitions, its outbox event, its audit
         row, its change-log row (under the consortium lock, held to the commit) and the
-        episode total, as one statement and so one transaction, committed before we answer."""
+        episode total, as one statement and so one transaction, committed before we answer.
+        Concurrent creates of a consortium share that statement (`self._writes`)."""
         caller.require(*WRITE_ROLES)
         try:
-            async with self.pool.acquire() as conn:
-                try:
-                    return await self._create_once(conn, caller, cmd, lock_episode=False)
-                except repo.EpisodeMoved:
-                    # A concurrent create moved the same patient's episode total in between
-                    # (nothing was written): again, in a transaction holding the episode row
-                    # lock from the read to the commit, as the locking path always did.
-                    async with conn.transaction():
-                        return await self._create_once(conn, caller, cmd, lock_episode=True)
+            prepared = await self._prepare_create(caller, cmd)
+            if isinstance(prepared, Referral):
+                return prepared
+            try:
+                inserted = await self._writes.submit(prepared.referral.consortium_id, prepared)
+            except repo.EpisodeMoved:
+                # A concurrent create moved the same patient's episode total in between
+                # (nothing was written): again, in a transaction holding the episode row
+                # lock from the read to the commit.
+                async with self.pool.acquire() as conn, conn.transaction():
+                    prepared = await self._prepare_create(caller, cmd, locked=conn)
+                    if isinstance(prepared, Referral):
+                        return prepared
+                    [inserted] = await repo.insert_new(conn, prepared.referral.consortium_id, [prepared])
+            if not inserted:
+                raise _Duplicate()
+            return prepared.referral
         except _Duplicate:
             # A concurrent call with the same request id won; answer as it did.
             async with self.pool.acquire() as conn, conn.transaction():
@@ -191,16 +206,46 @@ class ReferralService:
                 await audit_referral(conn, caller, existing, "CreateReferral")
             return existing
 
-    async def _create_once(self, conn: asyncpg.Connection, caller: Caller, cmd: commands.CreateReferral, *,
-                           lock_episode: bool) -> Referral:
+    async def _read_contexts(self, _: None, queries: list[repo.ContextQuery]) -> list[repo.CreateContext]:
+        async with self.pool.acquire() as conn:
+            return await repo.create_context(conn, queries)
+
+    async def _read_context(self, _: None, query: repo.ContextQuery) -> repo.CreateContext:
+        [ctx] = await self._read_contexts(None, [query])
+        return ctx
+
+    async def _write_creates(self, consortium_id: str, writes: list[repo.NewReferral]) -> list[bool]:
+        async with self.pool.acquire() as conn:
+            return await repo.insert_new(conn, consortium_id, writes)
+
+    async def _write_create(self, consortium_id: str, write: repo.NewReferral) -> bool:
+        [inserted] = await self._write_creates(consortium_id, [write])
+        return inserted
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, conn: asyncpg.Connection | None):
+        if conn is not None:
+            yield conn
+        else:
+            async with self.pool.acquire() as fresh:
+                yield fresh
+
+    async def _prepare_create(self, caller: Caller, cmd: commands.CreateReferral, *,
+                              locked: asyncpg.Connection | None = None) -> Referral | repo.NewReferral:
+        """The referral the create would write, or the one its request id already made.
+        `locked`: a transaction's connection; the read then locks the episode row in it."""
         now = self.clock()
         patient = self._patient(cmd.patient, now.date())
-        ctx = await repo.create_context(
-            conn, caller.institution_id, cmd.request_id, cmd.receiving_institution_id, patient.patient_id,
-            cmd.diagnosis_code[:3], None if cmd.episode_id else now - EPISODE_WINDOW, lock_episode=lock_episode)
+        query = repo.ContextQuery(caller.institution_id, cmd.request_id, cmd.receiving_institution_id,
+                                  patient.patient_id, cmd.diagnosis_code[:3],
+                                  None if cmd.episode_id else now - EPISODE_WINDOW)
+        if locked is None:
+            ctx = await self._reads.submit(None, query)
+        else:
+            [ctx] = await repo.create_context(locked, [query], lock_episode=True)
         if ctx.existing_id is not None:
             # The audit row commits with the read: in the caller's transaction, else in this one.
-            async with conn.transaction():
+            async with self._connection(locked) as conn, conn.transaction():
                 existing = await repo.get(conn, ctx.existing_id)
                 assert existing is not None
                 await audit_referral(conn, caller, existing, "CreateReferral")
@@ -209,11 +254,12 @@ class ReferralService:
         sender, receiver = self._check_members(ctx.sender, ctx.receiver, violations,
                                                "referral.receiving_institution_id")
         assert ctx.settings is not None
-        catalogue = await self._catalogues.get(conn, sender.consortium_id, ctx.catalogue_version,
-                                               ctx.catalogue_stamp)
+        catalogue = await self._catalogues.get(self._connection(locked), sender.consortium_id,
+                                               ctx.catalogue_version, ctx.catalogue_stamp)
         verdict = self._verdict(cmd, sender, receiver, catalogue, violations)
         if cmd.episode_id:
-            row = await repo.get_episode(conn, cmd.episode_id)
+            async with self._connection(locked) as conn:
+                row = await repo.get_episode(conn, cmd.episode_id)
             if row is None or row["patient_id"] != patient.patient_id or row["consortium_id"] != sender.consortium_id:
                 violations.add("episode_id", "就诊周期不存在或不属于该患者")
             episode_id, paid = cmd.episode_id, (row["deductible_paid_fen"] if row is not None else 0)
@@ -236,17 +282,13 @@ class ReferralService:
         change = api.WatchReferralsResponse(change_type=api.CHANGE_TYPE_CREATED,
                                             transition=mapping.transition_proto(referral.history[-1]),
                                             referral=view)
-        total = await repo.insert_new(
-            conn, referral, episode_category=cmd.diagnosis_code[:3], add_fen=cmd.deductible_paid_fen,
+        # The API view is the one written to the change log.
+        referral._response_view = (today, referral.version, view)  # type: ignore[attr-defined]
+        return repo.NewReferral(
+            referral, episode_category=cmd.diagnosis_code[:3], add_fen=cmd.deductible_paid_fen,
             episode_paid_before=paid, now=now, outbox_rows=outbox_rows, change=change.SerializeToString(),
             audit_row=audit.values(caller, "CreateReferral", mapping.referral_name(referral.id),
                                    referral.patient.patient_id))
-        if total is None:
-            raise _Duplicate()
-        assert total == referral.billing.deductible_paid_fen, (total, referral.billing.deductible_paid_fen)
-        # The API view is the one just written to the change log.
-        referral._response_view = (today, referral.version, view)  # type: ignore[attr-defined]
-        return referral
 
     async def _members(self, conn: asyncpg.Connection, caller: Caller, receiving_id: str, violations: Violations,
                        field: str) -> tuple[Institution, Institution | None]:
