@@ -43,6 +43,10 @@ class Subscription:
     stream: str
     filter_subjects: list[str]
     handlers: dict[str, tuple[type[Message], Handler]] = field(default_factory=dict)
+    # The events of one fetch in one transaction (one commit, and the inbox rows with them),
+    # for handlers that only write to the database and are quick; when any of them fails,
+    # the fetch is handled again one event at a time, so only that event is retried.
+    shared_transaction: bool = False
 
     def on(self, message_type: type[Message], handler: Handler) -> "Subscription":
         self.handlers[message_type.DESCRIPTOR.full_name] = (message_type, handler)
@@ -121,6 +125,8 @@ class EventConsumer:
                 except nats.errors.TimeoutError:
                     continue
                 failures = 0
+                if self.sub.shared_transaction and len(msgs) > 1 and await self._handle_together(msgs):
+                    continue
                 for i, msg in enumerate(msgs):
                     try:
                         await self._handle(msg)
@@ -140,6 +146,44 @@ class EventConsumer:
                 log.warning("consumer loop error", consumer=self.sub.durable, error=repr(exc))
                 await asyncio.sleep(min(5.0, 0.2 * failures))
 
+    async def _handle_once(self, conn: asyncpg.Connection, msg, env: event_pb2.EventEnvelope) -> bool:
+        """Record the event in the inbox and, the first time, apply it: in the caller's
+        transaction. False when it was handled before."""
+        fresh = await conn.fetchval(
+            "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING RETURNING true", self.sub.durable, env.event_id, msg.subject)
+        entry = self.sub.handlers.get(env.event_type)
+        if fresh and entry is not None:
+            message_type, handler = entry
+            payload = message_type()
+            if not env.payload.Unpack(payload):
+                raise PermanentError(f"payload is not {env.event_type}")
+            await handler(conn, env, payload)
+        return bool(fresh)
+
+    async def _handled(self, msg, fresh: bool) -> None:
+        await msg.ack()
+        self.processed += 1
+        CONSUMED.labels(self.sub.durable, "handled" if fresh else "duplicate").inc()
+
+    async def _handle_together(self, msgs: list) -> bool:
+        """All of a fetch in one transaction; False (nothing written) when one of them fails
+        or cannot be decoded, for `_handle` to take them one at a time."""
+        try:
+            envs = [event_pb2.EventEnvelope.FromString(msg.data) for msg in msgs]
+            if not all(env.event_id for env in envs):
+                return False
+            async with self._pool.acquire() as conn, conn.transaction():
+                fresh = [await self._handle_once(conn, msg, env) for msg, env in zip(msgs, envs)]
+        except Exception:  # noqa: BLE001 - which event failed, and how, is for `_handle` to find
+            return False
+        for msg, new in zip(msgs, fresh):
+            try:
+                await self._handled(msg, new)
+            except Exception as exc:  # noqa: BLE001 - unacked, it comes back and the inbox drops it
+                log.warning("ack failed", consumer=self.sub.durable, error=repr(exc))
+        return True
+
     async def _handle(self, msg) -> None:
         deliveries = msg.metadata.num_delivered if msg.metadata else 1
         try:
@@ -149,21 +193,10 @@ class EventConsumer:
         except (DecodeError, PermanentError) as exc:
             await self._dead_letter(msg, None, deliveries, f"undecodable: {exc}")
             return
-        entry = self.sub.handlers.get(env.event_type)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                fresh = await conn.fetchval(
-                    "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
-                    "ON CONFLICT DO NOTHING RETURNING true", self.sub.durable, env.event_id, msg.subject)
-                if fresh and entry is not None:
-                    message_type, handler = entry
-                    payload = message_type()
-                    if not env.payload.Unpack(payload):
-                        raise PermanentError(f"payload is not {env.event_type}")
-                    await handler(conn, env, payload)
-            await msg.ack()
-            self.processed += 1
-            CONSUMED.labels(self.sub.durable, "handled" if fresh else "duplicate").inc()
+                fresh = await self._handle_once(conn, msg, env)
+            await self._handled(msg, fresh)
         except PermanentError as exc:
             await self._dead_letter(msg, env.event_id, deliveries, str(exc))
         except Exception as exc:  # noqa: BLE001 - decide between waiting, retry and dead letter

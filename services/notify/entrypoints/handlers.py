@@ -68,7 +68,8 @@ class EventHandlers:
         self._on_change = on_change or (lambda: None)
 
     def subscriptions(self, durable_prefix: str = "notify") -> list[Subscription]:
-        referral = Subscription(f"{durable_prefix}-referral", "REFERRAL", ["referral.v1.>"])
+        # Every handler here only writes rows (messages are sent later by the dispatcher).
+        referral = Subscription(f"{durable_prefix}-referral", "REFERRAL", ["referral.v1.>"], shared_transaction=True)
         referral.on(ref_ev.ReferralSubmitted, self.on_submitted)
         for message_type, status in ((ref_ev.ReferralAccepted, "ACCEPTED"), (ref_ev.ReferralReturned, "RETURNED"),
                                      (ref_ev.ReferralRejected, "REJECTED"), (ref_ev.ReferralCancelled, "CANCELLED")):
@@ -77,7 +78,8 @@ class EventHandlers:
         referral.on(ref_ev.PatientNoShow, self._clinic_only("NO_SHOW", "患者爽约"))
         referral.on(ref_ev.ReferralCompleted, self._clinic_only("COMPLETED", "诊疗已完成"))
         referral.on(ref_ev.DownReferralProposed, self.on_down_referral)
-        scheduling = Subscription(f"{durable_prefix}-scheduling", "SCHEDULING", ["scheduling.v1.>"])
+        scheduling = Subscription(f"{durable_prefix}-scheduling", "SCHEDULING", ["scheduling.v1.>"],
+                                  shared_transaction=True)
         scheduling.on(sch_ev.ReferralScheduled, self.on_scheduled)
         scheduling.on(sch_ev.BookingRescheduled, self.on_rescheduled)
         scheduling.on(sch_ev.BookingCancelled, self.on_booking_cancelled)

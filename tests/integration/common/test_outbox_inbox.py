@@ -131,3 +131,58 @@ async def test_purge_keeps_rows_within_retention(stack, pool, broker, schema):
     assert await relay.purge() == 0  # sent just now: kept for replay
     await pool.execute("UPDATE outbox SET sent_at = now() - interval '30 days'")
     assert await relay.purge() == 3
+
+
+async def _published(pool) -> bool:
+    return await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+
+
+async def test_shared_transaction_applies_a_fetch_together_and_isolates_a_poison_event(stack, pool, broker,
+                                                                                        schema):
+    hospital = f"H{uuid.uuid4().hex[:6]}"
+    attempts: dict[int, int] = {}
+
+    async def effect(conn, env, payload):
+        attempts[payload.day] = attempts.get(payload.day, 0) + 1
+        txid = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
+        if payload.day == 7:
+            raise RuntimeError("this one never goes through")
+        await conn.execute("CREATE TABLE IF NOT EXISTS shared_effects (event_id uuid PRIMARY KEY, txid bigint)")
+        await conn.execute("INSERT INTO shared_effects VALUES ($1, $2)", env.event_id, txid)
+
+    relay = OutboxRelay(pool, broker, schema, dsn=stack.database_url, poll_seconds=0.2)
+    relay.start()
+    await _write_events(pool, hospital, 20)
+    assert await _wait_for(lambda: _published(pool))
+    # Everything is in the stream before the consumer starts, so its first fetch holds all 20.
+    sub = Subscription(durable=f"s_{hospital}", stream=TEST_STREAM, filter_subjects=[f"common.v1.Date.{hospital}"],
+                       shared_transaction=True).on(types_pb2.Date, effect)
+    consumer = EventConsumer(broker, pool, sub, max_deliver=3, fetch_timeout=0.3, retry_base_delay=0.1)
+    consumer.start()
+    assert await _wait_for(lambda: _eq(pool, "SELECT count(*) FROM dead_letters WHERE error LIKE "
+                                             "'%never goes through%'", 1), 20)
+    rows = await pool.fetch("SELECT event_id, txid FROM shared_effects")
+    applied = [(str(r["event_id"]), r["txid"]) for r in rows]
+    # The 19 good events committed once each; the poison one wrote nothing and was dead-lettered.
+    assert len(applied) == 19 and len({e for e, _ in applied}) == 19
+    assert await pool.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", sub.durable) == 19
+    assert attempts[7] >= 3 and all(n <= 2 for day, n in attempts.items() if day != 7)
+    await consumer.stop()
+
+    # A fetch without a failing event commits as one transaction.
+    hospital2 = f"H{uuid.uuid4().hex[:6]}"
+    txids: list[int] = []
+
+    async def quiet(conn, env, payload):
+        txids.append(await conn.fetchval("SELECT pg_current_xact_id()::text::bigint"))
+
+    await _write_events(pool, hospital2, 10)
+    assert await _wait_for(lambda: _published(pool))
+    sub2 = Subscription(durable=f"s_{hospital2}", stream=TEST_STREAM, filter_subjects=[f"common.v1.Date.{hospital2}"],
+                        shared_transaction=True).on(types_pb2.Date, quiet)
+    consumer2 = EventConsumer(broker, pool, sub2, fetch_timeout=0.3)
+    consumer2.start()
+    assert await _wait_for(lambda: _eq(pool, f"SELECT count(*) FROM inbox WHERE consumer = '{sub2.durable}'", 10))
+    assert len(txids) == 10 and len(set(txids)) < 10
+    await consumer2.stop()
+    await relay.stop()

@@ -57,3 +57,59 @@ async def test_concurrent_creates_of_one_episode_add_up_and_repeats_return_the_f
              api.WatchReferralsResponse.FromString(c["payload"]).referral for c in changes}
     for m in [up, *fresh]:
         assert views[m.name] == m
+
+
+async def test_one_batch_of_creates_keeps_each_create_s_outcome(world, referral_app):
+    """Creates started together share one read and one write statement (services.common.batching):
+    a repeated request id, a request id used twice inside the batch and two creates of one
+    episode must each come out as if the creates had run one after another."""
+    from prometheus_client import REGISTRY
+
+    from services.common.auth import Caller, Role
+    from services.referral.adapters import requests as parse
+    from services.referral.service_layer.services import ReferralService
+
+    ctx = referral_app.ctx
+    svc = ReferralService(ctx.pool, ctx.pii)
+    clinic = world.clinics[0]
+    caller = Caller("dr-batch", clinic, Role.CLINIC_DOCTOR)
+
+    def command(request):
+        return parse.create_referral(request, caller.subject, svc.clock())
+
+    earlier = world.request()
+    earlier.deductible_paid_fen = 100
+    first = await svc.create(caller, command(earlier))   # also fills the catalogue cache
+    same_episode = []
+    for _ in range(2):
+        r = world.request(code="I63.9")
+        r.patient.CopyFrom(earlier.patient)
+        r.deductible_paid_fen = 100
+        same_episode.append(r)
+    fresh = [world.request() for _ in range(5)]
+    twice = world.request()
+    batch = [*fresh, twice, twice, earlier, *same_episode]
+
+    def batches(name: str) -> float:
+        return REGISTRY.get_sample_value("db_batch_size_count", {"batcher": name}) or 0.0
+
+    reads, writes = batches("referral_create_context"), batches("referral_create")
+    made = await asyncio.gather(*(svc.create(caller, command(r)) for r in batch))
+    # All ten read in one statement; the nine that write, in one batch (and, because two of
+    # them move one episode, then one at a time).
+    assert batches("referral_create_context") - reads == 1
+    assert batches("referral_create") - writes >= 1
+
+    ids = [m.id for m in made]
+    assert len(set(ids[:6])) == 6 and ids[6] == ids[5] and ids[7] == first.id
+    totals = sorted(m.billing.deductible_paid_fen for m in made[8:])
+    assert {m.billing.episode_id for m in made[8:]} == {first.billing.episode_id} and totals == [200, 300]
+    assert await ctx.pool.fetchval("SELECT deductible_paid_fen FROM episodes WHERE episode_id = $1",
+                                   first.billing.episode_id) == 300
+    written = list({*ids, first.id})
+    assert await ctx.pool.fetchval("SELECT count(*) FROM referrals WHERE referral_id = ANY($1::text[])",
+                                   written) == 9
+    assert await ctx.pool.fetchval("SELECT count(*) FROM outbox WHERE aggregate_id = ANY($1::text[])", written) == 9
+    seqs = [r["seq"] for r in await ctx.pool.fetch(
+        "SELECT seq FROM referral_changes WHERE referral_id = ANY($1::text[]) ORDER BY seq", written)]
+    assert seqs == list(range(seqs[0], seqs[0] + 9))
