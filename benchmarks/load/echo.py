@@ -1,11 +1,13 @@
 """A trivial grpc.aio service that answers every unary call with its request bytes:
-the ceiling of Python gRPC on this machine, run as its own process like a service."""
+the ceiling of Python gRPC on this machine, run as its own process like a service, on
+the event loop the services run on (services.common.app.run)."""
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import grpc
+
+from services.common.app import run
 
 METHOD = "/bench.Echo/Echo"
 
@@ -25,4 +27,4 @@ async def serve(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1])))
+    run(serve(int(sys.argv[1])))

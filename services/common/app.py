@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import asyncpg
+import uvloop
 from prometheus_client import start_http_server
 
 from services.common import auth, config, db, messaging
@@ -29,6 +31,7 @@ from services.common.outbox import OutboxRelay
 from services.common.pii import PiiCipher
 
 log = logs.get_logger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -144,6 +147,19 @@ class ServiceApp:
 
 
 WORKER_ENV = "SERVICE_WORKER_INDEX"
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a process's main coroutine on the event loop EVENT_LOOP names: uvloop (the
+    default; libuv's loop takes about a third less CPU per call than asyncio's on the
+    create path, see `make bench`) or asyncio (the standard library's, to rule uvloop out)."""
+    name = os.environ.get("EVENT_LOOP", "uvloop")
+    if name not in EVENT_LOOPS:
+        raise SystemExit(f"EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {name!r}")
+    if name == "uvloop":
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 def worker_count(settings: config.Settings) -> int:
@@ -221,6 +237,6 @@ def main(service: str, build: Builder, argv: list[str] | None = None) -> None:
     if worker is not None:
         _die_with_parent()
     try:
-        asyncio.run(ServiceApp(settings, build, reuse_port=workers > 1).run_until_signal())
+        run(ServiceApp(settings, build, reuse_port=workers > 1).run_until_signal())
     except KeyboardInterrupt:
         sys.exit(130)
