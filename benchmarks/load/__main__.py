@@ -45,7 +45,7 @@ async def run(args) -> dict:
             say(f"CreateReferral: {args.concurrency} callers, {args.duration:g} s (after {args.warmup:g} s warm-up)")
             if args.warmup:
                 await create_phase(system, args.concurrency, args.warmup, args.seed + 7)
-            create = await create_phase(system, args.concurrency, args.duration, args.seed)
+            create = await create_phase(system, args.concurrency, args.duration, args.seed, measure_cpu=True)
             say("waiting for the create phase's events and messages to drain ...")
             drained = await drain(system)
             say(f"create -> scheduled -> message: {args.event_rate:g}/s for {args.duration:g} s")
@@ -97,9 +97,24 @@ def table(r: dict) -> str:
                        ("scheduled_to_message", "ReferralScheduled -> patient's WeChat")):
         s = ev[key]
         rows.append(f"  {label:<40}{s['p50_ms'] or 0:9.1f}{s['p99_ms'] or 0:9.1f}{s['count']:5d}")
+    rows += ["", *cpu_rows(r)]
     rows += ["", "Peak memory (VmHWM): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in r["peak_memory_mib"].items()),
              "", "Targets: " + "; ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in r["targets"].items())]
     return "\n".join(rows)
+
+
+def cpu_rows(r: dict) -> list[str]:
+    """Who pays for a call, and the ceiling that sets: N cores give N CPU-seconds per second."""
+    c, e = r["create_referral"]["cpu_ms_per_call"], r["echo_ceiling"]["cpu_ms_per_call"]
+    if not c or not e:
+        return []
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in c.items() if k != "total")
+    cores = r["machine"]["cpus"] or 1
+    return [f"CPU per call, ms: CreateReferral {c['total']:.3f} ({parts})",
+            f"                  echo {e['total']:.3f} (" + ", ".join(
+                f"{k} {v:.3f}" for k, v in e.items() if k != "total") + ")",
+            f"A create costs the CPU of {c['total'] / e['total']:.1f} echo calls: on {cores} cores its CPU bound is "
+            f"{1000 * cores / c['total']:.0f}/s, the echo's {1000 * cores / e['total']:.0f}/s."]
 
 
 def main(argv: list[str] | None = None) -> None:

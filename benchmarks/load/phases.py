@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import subprocess
@@ -24,6 +25,7 @@ from services.scheduling import demo as scheduling_demo
 
 from ..demo.patients import up_referral
 from ..demo.system import System, referral_id_of
+from . import cpu
 from .echo import METHOD
 
 HOSPITAL = scheduling_demo.HOSPITAL
@@ -34,6 +36,8 @@ class Latencies:
     seconds: list[float] = field(default_factory=list)
     errors: int = 0
     elapsed: float = 0.0
+    # CPU milliseconds per successful call, by part of the system (benchmarks.load.cpu)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def q(self, q: float) -> float:
         s = sorted(self.seconds)
@@ -42,12 +46,16 @@ class Latencies:
     def summary(self) -> dict:
         return {"calls": len(self.seconds), "errors": self.errors, "seconds": round(self.elapsed, 2),
                 "per_second": round(len(self.seconds) / self.elapsed, 1) if self.elapsed else 0.0,
-                "p50_ms": round(self.q(.50), 2), "p95_ms": round(self.q(.95), 2), "p99_ms": round(self.q(.99), 2)}
+                "p50_ms": round(self.q(.50), 2), "p95_ms": round(self.q(.95), 2), "p99_ms": round(self.q(.99), 2),
+                "cpu_ms_per_call": self.cpu_ms}
 
 
-async def closed_loop(call, concurrency: int, duration: float) -> Latencies:
-    """`concurrency` callers, each calling again as soon as its answer arrives."""
+async def closed_loop(call, concurrency: int, duration: float, cpu_roots: dict[str, int] | None = None
+                      ) -> Latencies:
+    """`concurrency` callers, each calling again as soon as its answer arrives; with
+    `cpu_roots`, the CPU each of those processes (and their children) spent per call."""
     out = Latencies()
+    before = cpu.snapshot(cpu_roots) if cpu_roots else None
     loop = asyncio.get_running_loop()
     start = loop.time()
     end = start + duration
@@ -64,6 +72,8 @@ async def closed_loop(call, concurrency: int, duration: float) -> Latencies:
             i += 1
     await asyncio.gather(*(caller(k) for k in range(concurrency)))
     out.elapsed = loop.time() - start
+    if before is not None:
+        out.cpu_ms = cpu.per_call_ms(before, cpu.snapshot(cpu_roots), len(out.seconds))
     return out
 
 
@@ -83,7 +93,23 @@ def _requests(n: int, seed: int) -> list[tuple[str, api.CreateReferralRequest]]:
     return out
 
 
-async def create_phase(system: System, concurrency: int, duration: float, seed: int) -> Latencies:
+BENCH_PROCESS = "benchmark process"  # the client, and the vendor fakes it hosts
+
+
+def system_cpu_roots(system: System) -> dict[str, int]:
+    roots = {svc: proc.pid for svc, proc in system.procs.items()}
+    if system.stack is not None:
+        postmaster = cpu.postmaster_pid(system.stack.postgres.pgdata)
+        if postmaster is not None:
+            roots["postgres"] = postmaster
+        if system.stack.nats.proc is not None:
+            roots["nats"] = system.stack.nats.proc.pid
+    roots[BENCH_PROCESS] = os.getpid()
+    return roots
+
+
+async def create_phase(system: System, concurrency: int, duration: float, seed: int, *,
+                       measure_cpu: bool = False) -> Latencies:
     pool = _requests(int(concurrency * duration * 40) + 100, seed)
     md = {c: system.metadata(c, "clinic_doctor") for c in scheduling_demo.CLINICS}
     stub = system.referral
@@ -93,15 +119,19 @@ async def create_phase(system: System, concurrency: int, duration: float, seed: 
         clinic, request = pool[next(counter) % len(pool)]
         request.request_id = f"bench-{seed}-{k}-{i}"
         await stub.CreateReferral(request, metadata=md[clinic])
-    return await closed_loop(call, concurrency, duration)
+    return await closed_loop(call, concurrency, duration, system_cpu_roots(system) if measure_cpu else None)
 
 
 async def echo_phase(concurrency: int, duration: float, seed: int) -> Latencies:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.load.echo", str(port)], cwd=config.repo_root(),
+    root = config.repo_root()
+    # It runs on the services' event loop (services.common.app), which imports the generated protos.
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.load.echo", str(port)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": f"{root / 'gen'}:{root}"},
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        await asyncio.to_thread(proc.stdout.readline)
+        if not await asyncio.to_thread(proc.stdout.readline):
+            raise RuntimeError(f"the echo service did not start (exit code {proc.wait(10)})")
         payload = _requests(1, seed)[0][1].SerializeToString()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             echo = channel.unary_unary(METHOD)
@@ -110,7 +140,8 @@ async def echo_phase(concurrency: int, duration: float, seed: int) -> Latencies:
 
             async def call(k: int, i: int) -> None:
                 await echo(payload, metadata=md)
-            return await closed_loop(call, concurrency, duration)
+            return await closed_loop(call, concurrency, duration, {"echo server": proc.pid,
+                                                                   BENCH_PROCESS: os.getpid()})
     finally:
         proc.terminate()
         proc.wait(10)

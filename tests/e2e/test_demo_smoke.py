@@ -25,4 +25,11 @@ async def test_a_two_second_bench_fills_every_column(tmp_path):
     assert result["pgbench_ceiling"]["per_second"] > 0
     assert result["events"]["create_to_message"]["count"] > 0
     assert set(result["peak_memory_mib"]) == {"referral", "scheduling", "notify"}
-    assert "CreateReferral" in table(result)
+    # Every part of the system is charged for the creates, and the services not as the client.
+    create_cpu = result["create_referral"]["cpu_ms_per_call"]
+    assert set(create_cpu) == {"referral", "scheduling", "notify", "postgres", "nats", "benchmark process", "total"}
+    assert create_cpu["referral"] > 0 and create_cpu["postgres"] > 0
+    assert create_cpu["benchmark process"] < create_cpu["total"] - create_cpu["referral"]
+    assert set(result["echo_ceiling"]["cpu_ms_per_call"]) == {"echo server", "benchmark process", "total"}
+    text = table(result)
+    assert "CreateReferral" in text and "echo calls" in text
