@@ -6,6 +6,17 @@ import asyncio
 from referral.v1 import referral_service_pb2 as api
 
 
+def _same_patient(world, first, code: str, n: int) -> list:
+    """`n` requests for `first`'s patient, in the category of `code`, 100 fen each."""
+    out = []
+    for _ in range(n):
+        r = world.request(code=code)
+        r.patient.CopyFrom(first.patient)
+        r.deductible_paid_fen = 100
+        out.append(r)
+    return out
+
+
 async def test_concurrent_creates_of_one_episode_add_up_and_repeats_return_the_first(world, referral_app):
     pool = referral_app.ctx.pool
     clinic = world.clinics[0]
@@ -15,12 +26,7 @@ async def test_concurrent_creates_of_one_episode_add_up_and_repeats_return_the_f
     episode = up.billing.episode_id
     assert episode and up.billing.deductible_paid_fen == 100
 
-    requests = []
-    for _ in range(12):
-        r = world.request(code="I63.8")
-        r.patient.CopyFrom(first.patient)
-        r.deductible_paid_fen = 100
-        requests.append(r)
+    requests = _same_patient(world, first, "I63.8", 12)
     repeats = [requests[0], requests[0], requests[1]]  # the same request ids again, at the same time
     made = await asyncio.gather(*(world.stub.CreateReferral(r, metadata=world.md(clinic))
                                   for r in [*requests, *repeats]))
@@ -80,12 +86,7 @@ async def test_one_batch_of_creates_keeps_each_create_s_outcome(world, referral_
     earlier = world.request()
     earlier.deductible_paid_fen = 100
     first = await svc.create(caller, command(earlier))   # also fills the catalogue cache
-    same_episode = []
-    for _ in range(2):
-        r = world.request(code="I63.9")
-        r.patient.CopyFrom(earlier.patient)
-        r.deductible_paid_fen = 100
-        same_episode.append(r)
+    same_episode = _same_patient(world, earlier, "I63.9", 2)
     fresh = [world.request() for _ in range(5)]
     twice = world.request()
     batch = [*fresh, twice, twice, earlier, *same_episode]
