@@ -46,11 +46,14 @@ async def test_unbooked_reserved_places_are_released_at_the_deadline(stack, app,
     reserved = next(p for p in util.pools if p.resource_type == pb.RESOURCE_TYPE_OUTPATIENT and p.pool == "reserved")
     assert (reserved.places, reserved.booked, reserved.released, reserved.open) == (6, 1, 2, 3)
     # A clinic doctor reads availability of its own consortium's hospitals (membership by events).
-    await publish_members(app.ctx.broker, f"C-{hospital}", hospital, "CLINIC05")
-    await wait_members(app.ctx.pool, hospital, "CLINIC05")
+    # A clinic id of this test only: the demo consortium's CLINIC05, published by other
+    # tests on the same stream, must not be the row this waits for.
+    clinic = f"K{hospital}"
+    await publish_members(app.ctx.broker, f"C-{hospital}", hospital, clinic)
+    await wait_members(app.ctx.pool, hospital, clinic)
     listed = await stub.ListAvailability(pb.ListAvailabilityRequest(
         hospital_id=hospital, resource_type=pb.RESOURCE_TYPE_OUTPATIENT, to_date=pdate(later)),
-        metadata=stack.metadata("CLINIC05", Role.CLINIC_DOCTOR))
+        metadata=stack.metadata(clinic, Role.CLINIC_DOCTOR))
     assert sum(s.free_places for s in listed.slots) == 3
     assert all(s.start_time.ToDatetime().date() >= later - timedelta(days=1) for s in listed.slots)
 
