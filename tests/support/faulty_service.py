@@ -3,7 +3,7 @@
 The broker then holds the event and the outbox does not know it was sent: the worst
 moment for a relay. Everything else is the unmodified service.
 Usage: FAULT_KILL_AFTER_PUBLISHES=N python -m tests.support.faulty_service <service>
-(unset or 0: never killed).
+(unset or 0: never killed); FAULT_COUNTED_SUBJECTS=prefix counts only those publishes.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.support.relay_process import _KillingJetStream
 class _BrokerWithKillingPublish:
     def __init__(self, broker, kill_after: int) -> None:
         self._broker = broker
-        self.js = _KillingJetStream(broker.js, kill_after)
+        self.js = _KillingJetStream(broker.js, kill_after, os.environ.get("FAULT_COUNTED_SUBJECTS", ""))
 
     def __getattr__(self, name: str):
         return getattr(self._broker, name)
