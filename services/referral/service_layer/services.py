@@ -12,8 +12,8 @@ import asyncpg
 
 from referral.v1 import events_pb2, referral_service_pb2 as api
 from services.common import audit, outbox
-from services.common.batching import Batcher
 from services.common.auth import Caller, Role
+from services.common.batching import Batcher
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, Violations
 from services.common.logging import get_logger
 from services.common.pii import PiiCipher, mask_id_number, mask_mobile
