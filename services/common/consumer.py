@@ -8,6 +8,7 @@ and, after a bounded number of deliveries, stored in dead_letters and terminated
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -152,14 +153,38 @@ class EventConsumer:
         fresh = await conn.fetchval(
             "INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING RETURNING true", self.sub.durable, env.event_id, msg.subject)
+        if fresh:
+            await self._apply(conn, env)
+        return bool(fresh)
+
+    async def _handle_all_once(self, conn: asyncpg.Connection, msgs: list,
+                               envs: list[event_pb2.EventEnvelope]) -> list[bool]:
+        """`_handle_once` for a whole fetch, with one inbox statement for all of it."""
+        rows = await conn.fetch(
+            "INSERT INTO inbox (consumer, event_id, subject) "
+            "SELECT $1, e, s FROM unnest($2::uuid[], $3::text[]) AS t(e, s) "
+            "ON CONFLICT DO NOTHING RETURNING event_id::text", self.sub.durable,
+            [env.event_id for env in envs], [msg.subject for msg in msgs])
+        # A fetch may hold one event twice (a redelivery beside its original): the first is fresh.
+        unclaimed = {row[0] for row in rows}
+        fresh = []
+        for env in envs:
+            key = str(uuid.UUID(env.event_id))
+            new = key in unclaimed
+            if new:
+                unclaimed.discard(key)
+                await self._apply(conn, env)
+            fresh.append(new)
+        return fresh
+
+    async def _apply(self, conn: asyncpg.Connection, env: event_pb2.EventEnvelope) -> None:
         entry = self.sub.handlers.get(env.event_type)
-        if fresh and entry is not None:
+        if entry is not None:
             message_type, handler = entry
             payload = message_type()
             if not env.payload.Unpack(payload):
                 raise PermanentError(f"payload is not {env.event_type}")
             await handler(conn, env, payload)
-        return bool(fresh)
 
     async def _handled(self, msg, fresh: bool) -> None:
         await msg.ack()
@@ -174,7 +199,7 @@ class EventConsumer:
             if not all(env.event_id for env in envs):
                 return False
             async with self._pool.acquire() as conn, conn.transaction():
-                fresh = [await self._handle_once(conn, msg, env) for msg, env in zip(msgs, envs)]
+                fresh = await self._handle_all_once(conn, msgs, envs)
         except Exception:  # noqa: BLE001 - which event failed, and how, is for `_handle` to find
             return False
         for msg, new in zip(msgs, fresh):

@@ -22,25 +22,6 @@ from services.notify.domain.model import (
 # --------------------------------------------------------------------- contacts
 
 
-async def upsert_contact_from_event(conn: asyncpg.Connection, patient_id: str, *, mobile_ciphertext: str,
-                                    mobile_hash: str, mobile_masked: str, wechat_openid: str) -> None:
-    """The referral service's latest contact data; preferences set through the API stay."""
-    await conn.execute(
-        """INSERT INTO contacts (patient_id, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
-           VALUES ($1, NULLIF($2, ''), NULLIF($3, ''), NULLIF($4, ''), NULLIF($5, ''))
-           ON CONFLICT (patient_id) DO UPDATE SET
-             mobile_ciphertext = COALESCE(EXCLUDED.mobile_ciphertext, contacts.mobile_ciphertext),
-             mobile_hash = COALESCE(EXCLUDED.mobile_hash, contacts.mobile_hash),
-             mobile_masked = COALESCE(EXCLUDED.mobile_masked, contacts.mobile_masked),
-             -- a new openid is a new subscription: an earlier refusal no longer applies
-             wechat_refused_at = CASE WHEN EXCLUDED.wechat_openid IS DISTINCT FROM contacts.wechat_openid
-                                       AND EXCLUDED.wechat_openid IS NOT NULL
-                                      THEN NULL ELSE contacts.wechat_refused_at END,
-             wechat_openid = COALESCE(EXCLUDED.wechat_openid, contacts.wechat_openid),
-             updated_at = now()""",
-        patient_id, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
-
-
 async def save_preferences(conn: asyncpg.Connection, patient_id: str, *, channels: Sequence[Channel],
                            wechat_openid: str, consent: bool, opt_out_non_essential: bool,
                            urgent_ignores_quiet_hours: bool, set_by: str,
@@ -91,9 +72,25 @@ async def mark_wechat_refused(conn: asyncpg.Connection, patient_id: str, at: dat
 # --------------------------------------------------------------------- routes
 
 
-async def upsert_route(conn: asyncpg.Connection, route: Route, sender_id: str, receiver_id: str) -> None:
+async def learn(conn: asyncpg.Connection, route: Route, sender_id: str, receiver_id: str, *,
+                mobile_ciphertext: str, mobile_hash: str, mobile_masked: str, wechat_openid: str) -> None:
+    """The referral's route and the patient's contact as the referral service last stated
+    them, in one statement (one per referral event). Preferences set through the API stay."""
     await conn.execute(
-        """INSERT INTO referral_routes (referral_id, patient_id, hospital_id, clinic_id, sender_id,
+        """WITH contact AS (
+             INSERT INTO contacts (patient_id, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
+             SELECT $2, NULLIF($9, ''), NULLIF($10, ''), NULLIF($11, ''), NULLIF($12, '') WHERE $2 <> ''
+             ON CONFLICT (patient_id) DO UPDATE SET
+               mobile_ciphertext = COALESCE(EXCLUDED.mobile_ciphertext, contacts.mobile_ciphertext),
+               mobile_hash = COALESCE(EXCLUDED.mobile_hash, contacts.mobile_hash),
+               mobile_masked = COALESCE(EXCLUDED.mobile_masked, contacts.mobile_masked),
+               -- a new openid is a new subscription: an earlier refusal no longer applies
+               wechat_refused_at = CASE WHEN EXCLUDED.wechat_openid IS DISTINCT FROM contacts.wechat_openid
+                                         AND EXCLUDED.wechat_openid IS NOT NULL
+                                        THEN NULL ELSE contacts.wechat_refused_at END,
+               wechat_openid = COALESCE(EXCLUDED.wechat_openid, contacts.wechat_openid),
+               updated_at = now())
+           INSERT INTO referral_routes (referral_id, patient_id, hospital_id, clinic_id, sender_id,
                                         receiver_id, department, urgent)
            VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
            ON CONFLICT (referral_id) DO UPDATE SET patient_id = EXCLUDED.patient_id,
@@ -101,7 +98,7 @@ async def upsert_route(conn: asyncpg.Connection, route: Route, sender_id: str, r
              sender_id = EXCLUDED.sender_id, receiver_id = EXCLUDED.receiver_id,
              department = EXCLUDED.department, urgent = EXCLUDED.urgent, updated_at = now()""",
         route.referral_id, route.patient_id, route.hospital_id, route.clinic_id, sender_id, receiver_id,
-        route.department, route.urgent)
+        route.department, route.urgent, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
 
 
 async def get_route(conn: asyncpg.Connection, referral_id: str) -> asyncpg.Record | None:

@@ -103,11 +103,9 @@ class EventHandlers:
             except Exception:  # noqa: BLE001 - unreadable: keep no number rather than a useless one
                 log.warning("mobile ciphertext not readable", referral_id=snapshot.referral_id)
                 ciphertext = ""
-        if route.patient_id:
-            await repo.upsert_contact_from_event(conn, route.patient_id, mobile_ciphertext=ciphertext,
-                                                 mobile_hash=mobile_hash, mobile_masked=masked,
-                                                 wechat_openid=patient.wechat_openid)
-        await repo.upsert_route(conn, route, snapshot.sending_institution_id, snapshot.receiving_institution_id)
+        await repo.learn(conn, route, snapshot.sending_institution_id, snapshot.receiving_institution_id,
+                         mobile_ciphertext=ciphertext, mobile_hash=mobile_hash, mobile_masked=masked,
+                         wechat_openid=patient.wechat_openid)
         return route
 
     async def _route(self, conn: asyncpg.Connection, referral_id: str) -> Route:

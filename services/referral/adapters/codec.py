@@ -5,33 +5,42 @@ import dataclasses
 import enum
 import types
 import typing
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
 
 _SCALARS = (str, int, float, bool, type(None))
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+# One converter per type, found once: the body is written on every create and transition.
+_CONVERTERS: dict[type, Callable[[Any], Any]] = {}
 
 
 def to_plain(value: Any) -> Any:
-    if type(value) in _SCALARS:
-        return value
-    names = _FIELD_NAMES.get(type(value))
-    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
-    if names is not None:
-        return {name: to_plain(getattr(value, name)) for name in names}
-    if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return [to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_plain(v) for k, v in value.items()}
+    convert = _CONVERTERS.get(type(value))
+    if convert is None:
+        convert = _CONVERTERS[type(value)] = _converter(type(value))
+    return convert(value)
+
+
+def _identity(value: Any) -> Any:
     return value
+
+
+def _converter(tp: type) -> Callable[[Any], Any]:
+    if tp in _SCALARS:
+        return _identity
+    if dataclasses.is_dataclass(tp):
+        names = tuple(f.name for f in dataclasses.fields(tp))
+        return lambda v: {name: to_plain(getattr(v, name)) for name in names}
+    if issubclass(tp, enum.Enum):
+        return lambda v: v.value
+    if issubclass(tp, datetime | date):
+        return lambda v: v.isoformat()
+    if issubclass(tp, list | tuple):
+        return lambda v: [to_plain(x) for x in v]
+    if issubclass(tp, dict):
+        return lambda v: {k: to_plain(x) for k, x in v.items()}
+    return _identity
 
 
 def from_plain(tp: Any, value: Any) -> Any:

@@ -186,3 +186,34 @@ async def test_shared_transaction_applies_a_fetch_together_and_isolates_a_poison
     assert len(txids) == 10 and len(set(txids)) < 10
     await consumer2.stop()
     await relay.stop()
+
+
+async def test_shared_transaction_applies_a_repeated_or_handled_event_once(stack, pool, broker, schema):
+    """A fetch may carry an event twice (a re-publish beside the original) and one the inbox
+    already holds: each is applied at most once, and the fetch still commits as one."""
+    hospital = f"H{uuid.uuid4().hex[:6]}"
+    ids = await _write_events(pool, hospital, 4)
+    rows = await pool.fetch("SELECT event_id, subject, payload FROM outbox WHERE event_id = ANY($1::uuid[]) "
+                            "ORDER BY seq", ids)
+    sub = Subscription(durable=f"r_{hospital}", stream=TEST_STREAM, filter_subjects=[f"common.v1.Date.{hospital}"],
+                       shared_transaction=True)
+    # The last event was handled before this fetch.
+    await pool.execute("INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3)",
+                       sub.durable, rows[3]["event_id"], rows[3]["subject"])
+    # Published without a message id, so JetStream keeps the second copy of the first event.
+    for row in (rows[0], rows[1], rows[0], rows[2], rows[3]):
+        await broker.js.publish(row["subject"], row["payload"])
+    applied: list[tuple[str, int]] = []
+
+    async def effect(conn, env, payload):
+        applied.append((env.event_id, await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")))
+
+    sub.on(types_pb2.Date, effect)
+    consumer = EventConsumer(broker, pool, sub, fetch_timeout=0.3)
+    consumer.start()
+    assert await _wait_for(lambda: _eq(pool, f"SELECT count(*) FROM inbox WHERE consumer = '{sub.durable}'", 4))
+    await asyncio.sleep(0.5)
+    await consumer.stop()
+    assert [e for e, _ in applied] == ids[:3]
+    assert len({tx for _, tx in applied}) == 1
+    assert consumer.processed == 5
