@@ -42,9 +42,16 @@ async def run(args) -> dict:
             say(f"pgbench: {args.pg_clients} clients, {args.duration:g} s")
             pg = await pgbench_phase(system.stack.postgres.bin("pgbench") if system.stack else "pgbench",
                                      system.env["DATABASE_URL"], args.pg_clients, args.duration)
-            say(f"CreateReferral: {args.concurrency} callers, {args.duration:g} s (after {args.warmup:g} s warm-up)")
             if args.warmup:
+                say(f"CreateReferral warm-up: {args.concurrency} callers, {args.warmup:g} s")
                 await create_phase(system, args.concurrency, args.warmup, args.seed + 7)
+            # The latency a caller sees below saturation, beside the fixed concurrency's.
+            light = {}
+            for callers in args.light:
+                say(f"CreateReferral: {callers} callers, {args.light_duration:g} s")
+                light[str(callers)] = (await create_phase(system, callers, args.light_duration,
+                                                          args.seed + 11 + callers)).summary()
+            say(f"CreateReferral: {args.concurrency} callers, {args.duration:g} s")
             create = await create_phase(system, args.concurrency, args.duration, args.seed, measure_cpu=True)
             say("waiting for the create phase's events and messages to drain ...")
             drained = await drain(system)
@@ -59,7 +66,7 @@ async def run(args) -> dict:
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "duration_seconds": args.duration, "concurrency": args.concurrency,
-        "create_referral": c, "echo_ceiling": e, "pgbench_ceiling": pg, "events": events,
+        "create_referral": c, "create_by_concurrency": {**light, str(args.concurrency): c}, "echo_ceiling": e, "pgbench_ceiling": pg, "events": events,
         "peak_memory_mib": {k: round(v / 1024, 1) for k, v in memory.items()},
         "ratios": {"create_vs_echo": round(c["per_second"] / e["per_second"], 3) if e["per_second"] else None,
                    "create_vs_pgbench": round(c["per_second"] / pg["per_second"], 3) if pg["per_second"] else None},
@@ -97,10 +104,26 @@ def table(r: dict) -> str:
                        ("scheduled_to_message", "ReferralScheduled -> patient's WeChat")):
         s = ev[key]
         rows.append(f"  {label:<40}{s['p50_ms'] or 0:9.1f}{s['p99_ms'] or 0:9.1f}{s['count']:5d}")
-    rows += ["", *cpu_rows(r)]
+    rows += ["", *concurrency_rows(r), "", *cpu_rows(r)]
     rows += ["", "Peak memory (VmHWM): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in r["peak_memory_mib"].items()),
              "", "Targets: " + "; ".join(f"{k}: {'met' if ok else 'MISSED'}" for k, ok in r["targets"].items())]
     return "\n".join(rows)
+
+
+def concurrency_rows(r: dict) -> list[str]:
+    """Latency below saturation, and what the p99 target asks of throughput at the fixed
+    concurrency: by Little's law the mean latency of N closed-loop callers is N / throughput,
+    and a p99 is never below the mean."""
+    n, target = r["concurrency"], TARGETS["create_p99_ms"]
+    rows = [f"CreateReferral by concurrent callers{'':<6}{'calls/s':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"]
+    for callers, s in sorted(r.get("create_by_concurrency", {}).items(), key=lambda kv: int(kv[0])):
+        label = f"{callers} caller" + ("" if callers == "1" else "s")
+        rows.append(f"  {label:>12}{'':<28}{s['per_second']:9.1f}{s['p50_ms']:9.2f}{s['p95_ms']:9.2f}"
+                    f"{s['p99_ms']:9.2f}")
+    needed = n / (target / 1000)
+    rows.append(f"p99 < {target:g} ms at {n} callers needs more than {needed:,.0f} creates/s "
+                f"(mean latency = callers / throughput); this run: {r['create_referral']['per_second']:,.0f}/s.")
+    return rows
 
 
 def cpu_rows(r: dict) -> list[str]:
@@ -122,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per phase")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of CreateReferral before measuring")
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--light", type=lambda v: [int(x) for x in v.split(",") if x], default=[1, 8],
+                        help="also measure CreateReferral latency at these caller counts (comma-separated)")
+    parser.add_argument("--light-duration", type=float, default=5.0, help="seconds per --light phase")
     parser.add_argument("--pg-clients", type=int, default=16)
     parser.add_argument("--event-rate", type=float, default=5.0, help="referrals per second in the event phase")
     parser.add_argument("--seed", type=int, default=7)

@@ -19,7 +19,7 @@ async def test_a_tiny_demo_day_writes_its_reports(tmp_path):
 
 async def test_a_two_second_bench_fills_every_column(tmp_path):
     args = argparse.Namespace(duration=2.0, warmup=0.0, concurrency=8, pg_clients=2, event_rate=2.0, seed=3,
-                              env=[], out=tmp_path, data_dir=tmp_path / "data")
+                              light=[1], light_duration=1.0, env=[], out=tmp_path, data_dir=tmp_path / "data")
     result = await run_bench(args)
     assert result["create_referral"]["calls"] > 0 and result["echo_ceiling"]["calls"] > 0
     assert result["pgbench_ceiling"]["per_second"] > 0
@@ -31,5 +31,7 @@ async def test_a_two_second_bench_fills_every_column(tmp_path):
     assert create_cpu["referral"] > 0 and create_cpu["postgres"] > 0
     assert create_cpu["benchmark process"] < create_cpu["total"] - create_cpu["referral"]
     assert set(result["echo_ceiling"]["cpu_ms_per_call"]) == {"echo server", "benchmark process", "total"}
+    assert set(result["create_by_concurrency"]) == {"1", "8"}
+    assert result["create_by_concurrency"]["1"]["calls"] > 0
     text = table(result)
-    assert "CreateReferral" in text and "echo calls" in text
+    assert "CreateReferral" in text and "echo calls" in text and "needs more than 160 creates/s" in text
