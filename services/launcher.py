@@ -106,8 +106,9 @@ class Launcher:
             sandbox = importlib.import_module("tests.fakes.sandbox")
         except ModuleNotFoundError:
             return {}
-        self.sandbox = await sandbox.start()
-        return {**self.sandbox.env(), "RECEIPTS_PORT": self.env.get("RECEIPTS_PORT", "8080")}
+        port = self.env.get("RECEIPTS_PORT", "8080")
+        self.sandbox = await sandbox.start(receipts_url=f"http://127.0.0.1:{port}/receipts")
+        return {**self.sandbox.env(), "RECEIPTS_PORT": port}
 
     async def load_demo(self) -> list[str]:
         token_for = _token_for(self.data_dir)

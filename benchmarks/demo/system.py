@@ -26,6 +26,7 @@ from scheduling.v1 import scheduling_service_pb2_grpc as scheduling_grpc
 from services.common import auth
 from services.common.localstack import free_port
 from services.launcher import SERVICES, Launcher
+from tests.fakes.receipts import ReceiptPusher
 from tests.fakes.sandbox import fakes, vendor_env
 
 STOP_WAIT_SECONDS = 5.0
@@ -49,6 +50,7 @@ class System(Launcher):
         # runs only because we override it below; LOG_LEVEL keeps the harness's disks quiet.
         super().__init__(data_dir, {**ports, "LOG_LEVEL": "INFO", **(env or {})})
         self.wechat = self.aliyun = self.tencent = None
+        self.receipts: ReceiptPusher | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def _start_sandbox_vendors(self) -> dict[str, str]:
@@ -56,9 +58,14 @@ class System(Launcher):
         for fake in (self.wechat, self.aliyun, self.tencent):
             fake.accepted = _Stamped()
             await fake.start()
+        # The SMS vendors report each message's fate back to notify, as they do in service.
+        receipts_port = self.env.get("RECEIPTS_PORT") or str(free_port())
+        self.receipts = ReceiptPusher(self.aliyun, self.tencent, f"http://127.0.0.1:{receipts_port}/receipts")
+        self.receipts.start()
         # A harness compresses a day into minutes: no quiet hours, a fast dispatcher, no
         # per-number spacing (the synthetic patients are few and message often).
-        env = {**vendor_env(self.wechat, self.aliyun, self.tencent), "QUIET_HOURS": "off",
+        env = {**vendor_env(self.wechat, self.aliyun, self.tencent), "RECEIPTS_PORT": receipts_port,
+               "QUIET_HOURS": "off",
                "NOTIFY_DISPATCH_POLL_SECONDS": "0.2", "NOTIFY_RETRY_BASE_SECONDS": "0.2",
                "NOTIFY_SMS_MIN_SPACING_SECONDS": "0", "NOTIFY_SMS_PER_HOUR": "50", "NOTIFY_SMS_PER_DAY": "100",
                "NOTIFY_SMS_SAME_TEMPLATE_PER_DAY": "50"}
@@ -85,6 +92,8 @@ class System(Launcher):
             except subprocess.TimeoutExpired:
                 proc.kill()
         await super().stop()
+        if self.receipts is not None:
+            await self.receipts.stop()
         for fake in (self.wechat, self.aliyun, self.tencent):
             if fake is not None:
                 await fake.stop()

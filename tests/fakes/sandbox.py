@@ -5,10 +5,11 @@ credentials are configured (so a developer sees every message the system sends).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.notify.domain.templates import Catalogue
 from tests.fakes.aliyun_sms import FakeAliyunSms
+from tests.fakes.receipts import ReceiptPusher
 from tests.fakes.tencent_sms import FakeTencentSms
 from tests.fakes.wechat import FakeWeChat
 
@@ -56,17 +57,26 @@ class Sandbox:
     wechat: FakeWeChat
     aliyun: FakeAliyunSms
     tencent: FakeTencentSms
+    pusher: ReceiptPusher | None = field(default=None)
 
     def env(self, vendor: str = "aliyun") -> dict[str, str]:
         return vendor_env(self.wechat, self.aliyun, self.tencent, vendor)
 
     async def stop(self) -> None:
+        if self.pusher is not None:
+            await self.pusher.stop()
         for fake in (self.wechat, self.aliyun, self.tencent):
             await fake.stop()
 
 
-async def start() -> Sandbox:
+async def start(receipts_url: str | None = None) -> Sandbox:
+    """The three fakes; with `receipts_url` (notify's receipt callbacks, e.g.
+    http://127.0.0.1:8080/receipts), the SMS fakes push delivery receipts there."""
     wechat, aliyun, tencent = fakes()
     for fake in (wechat, aliyun, tencent):
         await fake.start()
-    return Sandbox(wechat, aliyun, tencent)
+    pusher = None
+    if receipts_url:
+        pusher = ReceiptPusher(aliyun, tencent, receipts_url)
+        pusher.start()
+    return Sandbox(wechat, aliyun, tencent, pusher)

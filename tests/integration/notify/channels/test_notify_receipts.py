@@ -17,6 +17,7 @@ from services.notify.adapters.channels import (
     receipt_routes,
 )
 from services.common.pii import PiiCipher
+from tests.fakes.receipts import ReceiptPusher
 
 CIPHER = PiiCipher({"k1": b"k" * 32}, hash_key=b"receipt-hash-key")
 
@@ -126,3 +127,22 @@ def test_pure_parsers_accept_the_documented_examples():
     assert (aliyun[0].vendor_message_id, aliyun[0].out_id, aliyun[0].delivered) == ("12345", "67890", True)
     assert (tencent[0].vendor_message_id, tencent[0].out_id, tencent[0].delivered) == ("xxxxxxx", None, True)
     assert aliyun[0].reported_at.isoformat() == "2017-01-01T00:00:00+08:00"
+
+
+async def test_the_harnesses_receipt_pusher_reports_every_sms_once_and_pushes_again_when_refused(
+        aliyun, aliyun_fake, tencent, tencent_fake, endpoint):
+    url, sink = endpoint
+    off = "13800000100"  # ends in 00: switched off
+    await aliyun.send(SmsMessage(PHONE, "SMS_465000001", {"hospital": "县医院", "time": "上午"}, "dlv-1"))
+    await aliyun.send(SmsMessage(off, "SMS_465000001", {"hospital": "县医院", "time": "下午"}, "dlv-2"))
+    await tencent.send(SmsMessage(PHONE, "2100001", {"a": "县医院", "b": "上午"}, "dlv-3"))
+    pusher = ReceiptPusher(aliyun_fake, tencent_fake, url)
+
+    sink.fail_once = True  # the callback cannot store the first batch: it is pushed again
+    assert await pusher.push_once() == 1  # aliyun's batch refused, tencent's taken
+    assert await pusher.push_once() == 2
+    assert await pusher.push_once() == 0  # nothing new
+    receipts = [r for batch in sink.batches for r in batch]
+    by_id = {r.out_id or r.vendor_message_id: r for r in receipts}
+    assert len(receipts) == 3 and by_id["dlv-1"].delivered and not by_id["dlv-2"].delivered
+    assert [r.vendor for r in sink.batches[0]] == [Vendor.TENCENT] and by_id["dlv-1"].vendor is Vendor.ALIYUN
