@@ -107,7 +107,7 @@ class Launcher:
         except ModuleNotFoundError:
             return {}
         port = self.env.get("RECEIPTS_PORT", "8080")
-        self.sandbox = await sandbox.start(receipts_url=f"http://127.0.0.1:{port}/receipts")
+        self.sandbox = await sandbox.start(receipts_url=f"http://127.0.0.1:{port}")
         return {**self.sandbox.env(), "RECEIPTS_PORT": port}
 
     async def load_demo(self) -> list[str]:

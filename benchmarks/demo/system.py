@@ -27,7 +27,7 @@ from services.common import auth
 from services.common.localstack import free_port
 from services.launcher import SERVICES, Launcher
 from tests.fakes.receipts import ReceiptPusher
-from tests.fakes.sandbox import fakes, vendor_env
+from tests.fakes.sandbox import WECHAT_EVENT_TOKEN, fakes, vendor_env
 
 STOP_WAIT_SECONDS = 5.0
 
@@ -58,9 +58,10 @@ class System(Launcher):
         for fake in (self.wechat, self.aliyun, self.tencent):
             fake.accepted = _Stamped()
             await fake.start()
-        # The SMS vendors report each message's fate back to notify, as they do in service.
+        # The vendors report each message's fate back to notify, as they do in service.
         receipts_port = self.env.get("RECEIPTS_PORT") or str(free_port())
-        self.receipts = ReceiptPusher(self.aliyun, self.tencent, f"http://127.0.0.1:{receipts_port}/receipts")
+        self.receipts = ReceiptPusher(self.aliyun, self.tencent, f"http://127.0.0.1:{receipts_port}",
+                                      wechat=self.wechat, wechat_token=WECHAT_EVENT_TOKEN)
         self.receipts.start()
         # A harness compresses a day into minutes: no quiet hours, a fast dispatcher, no
         # per-number spacing (the synthetic patients are few and message often).

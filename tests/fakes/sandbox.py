@@ -16,6 +16,7 @@ from tests.fakes.wechat import FakeWeChat
 ALIYUN_KEY_ID, ALIYUN_SECRET = "LTAI5tNotifyTestKey", "aliyun-notify-secret"
 TENCENT_ID, TENCENT_KEY = "AKIDnotifyTest000000000000000000000000", "tencent-notify-key"
 WECHAT_APPID, WECHAT_SECRET = "wx00notify000test", "wechat-notify-secret"
+WECHAT_EVENT_TOKEN = "wechat-server-url-token"
 SIGN = "县医共体"
 TENCENT_APP = "1400009999"
 BLACKLISTED = "13900000000"
@@ -44,7 +45,7 @@ def vendor_env(wechat: FakeWeChat, aliyun: FakeAliyunSms, tencent: FakeTencentSm
     return {
         "SMS_VENDOR": vendor,
         "WECHAT_API_BASE": wechat.base_url, "WECHAT_APPID": WECHAT_APPID, "WECHAT_APPSECRET": WECHAT_SECRET,
-        "WECHAT_MINIPROGRAM_STATE": "formal",
+        "WECHAT_MINIPROGRAM_STATE": "formal", "WECHAT_EVENT_TOKEN": WECHAT_EVENT_TOKEN,
         "ALIYUN_SMS_ENDPOINT": aliyun.base_url, "ALIYUN_ACCESS_KEY_ID": ALIYUN_KEY_ID,
         "ALIYUN_ACCESS_KEY_SECRET": ALIYUN_SECRET, "ALIYUN_SMS_SIGN_NAME": SIGN,
         "TENCENT_SMS_ENDPOINT": tencent.base_url, "TENCENT_SECRET_ID": TENCENT_ID,
@@ -70,13 +71,13 @@ class Sandbox:
 
 
 async def start(receipts_url: str | None = None) -> Sandbox:
-    """The three fakes; with `receipts_url` (notify's receipt callbacks, e.g.
-    http://127.0.0.1:8080/receipts), the SMS fakes push delivery receipts there."""
+    """The three fakes; with `receipts_url` (notify's receipts server, e.g.
+    http://127.0.0.1:8080), they push delivery receipts and WeChat's send results there."""
     wechat, aliyun, tencent = fakes()
     for fake in (wechat, aliyun, tencent):
         await fake.start()
     pusher = None
     if receipts_url:
-        pusher = ReceiptPusher(aliyun, tencent, receipts_url)
+        pusher = ReceiptPusher(aliyun, tencent, receipts_url, wechat=wechat, wechat_token=WECHAT_EVENT_TOKEN)
         pusher.start()
     return Sandbox(wechat, aliyun, tencent, pusher)

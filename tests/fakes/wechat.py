@@ -9,11 +9,14 @@ shape (40003), the template (40037), refusals (43101) and a per-user rate (45009
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from . import FakeVendorServer, RateWindows
@@ -189,7 +192,7 @@ class FakeWeChat(FakeVendorServer):
         limited = self.rate.check(openid, self.clock())
         if limited:
             return self._fail(int(limited), "api freq out of limit")
-        msgid = len(self.accepted) + 1
+        msgid = 10**18 + secrets.randbelow(9 * 10**18)  # WeChat's ids are 19-digit and unique
         self.accepted.append({
             "openid": openid, "template_id": body["template_id"], "data": {k: v["value"] for k, v in data.items()},
             "page": body.get("page"), "miniprogram": body.get("miniprogram"),
@@ -197,3 +200,33 @@ class FakeWeChat(FakeVendorServer):
             "endpoint": "bizsend" if bizsend else "send", "msgid": msgid,
         })
         return self._answer(0, "ok", msgid=msgid)
+
+    # -- send results, pushed to the account's server URL (subscribe_msg_sent_event) -------
+
+    def sent_event(self, record: dict, *, error_code: int = 0, fmt: str = "xml") -> bytes:
+        """The push WeChat makes once it knows whether an accepted message reached the user."""
+        status = {0: "success", 43101: "failed:user refuse to accept the msg"}.get(error_code, "failed:system failed")
+        fields = {"ToUserName": f"gh_{self.appid[-12:]}", "FromUserName": record["openid"],
+                  "CreateTime": str(int(self.clock())), "MsgType": "event", "Event": "subscribe_msg_sent_event"}
+        entry = {"TemplateId": record["template_id"], "MsgID": str(record["msgid"]),
+                 "ErrorCode": str(error_code), "ErrorStatus": status}
+        if fmt == "json":
+            return json.dumps({**fields, "List": entry}, ensure_ascii=False).encode()
+        head = "".join(f"<{k}>{v}</{k}>" if k == "CreateTime" else f"<{k}><![CDATA[{v}]]></{k}>"
+                       for k, v in fields.items())
+        item = "".join(f"<{k}>{v}</{k}>" if k in ("MsgID", "ErrorCode") else f"<{k}><![CDATA[{v}]]></{k}>"
+                       for k, v in entry.items())
+        return f"<xml>{head}<SubscribeMsgSentEvent><List>{item}</List></SubscribeMsgSentEvent></xml>".encode()
+
+    async def push_event(self, url: str, token: str, body: bytes, *, timestamp: int | None = None,
+                         nonce: str | None = None, signature: str | None = None) -> tuple[int, str]:
+        """POST a push as WeChat does: signature = sha1 of the sorted token, timestamp and nonce."""
+        ts = str(int(self.clock()) if timestamp is None else timestamp)
+        nonce = nonce or str(secrets.randbelow(10**9))
+        sig = signature or hashlib.sha1("".join(sorted((token, ts, nonce))).encode()).hexdigest()
+        params = {"signature": sig, "timestamp": ts, "nonce": nonce, "openid": "from-push"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, params=params, data=body,
+                                    headers={"Content-Type": "text/xml" if body[:1] == b"<" else "application/json"}
+                                    ) as response:
+                return response.status, await response.text()

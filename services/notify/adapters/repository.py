@@ -276,16 +276,16 @@ async def find_delivery_for_receipt(conn: asyncpg.Connection, vendor: str, vendo
                                vendor, vendor_message_id)
 
 
-async def apply_receipt(conn: asyncpg.Connection, delivery_id: uuid.UUID, delivered: bool, code: str,
+async def apply_receipt(conn: asyncpg.Connection, delivery_id: uuid.UUID, status: DeliveryStatus, code: str,
                         at: datetime) -> bool:
-    """SENT -> DELIVERED | FAILED; a receipt for anything else changes nothing."""
+    """SENT -> DELIVERED | FAILED | FELL_BACK by a receipt; one for anything else changes nothing."""
     result = await conn.execute(
         """UPDATE deliveries SET status = $2::text,
                   delivered_at = CASE WHEN $2::text = 'DELIVERED' THEN $4::timestamptz END,
-                  status_reason = CASE WHEN $2::text = 'FAILED' THEN 'receipt: ' || $3::text ELSE status_reason END,
+                  status_reason = CASE WHEN $2::text = 'DELIVERED' THEN status_reason ELSE 'receipt: ' || $3::text END,
                   updated_at = now()
            WHERE id = $1 AND status IN ('SENT', 'SENDING')""",
-        delivery_id, "DELIVERED" if delivered else "FAILED", code, at)
+        delivery_id, status.value, code, at)
     return result.endswith(" 1")
 
 

@@ -3,7 +3,10 @@
 Settings (all optional on one machine):
   SMS_VENDOR             aliyun | tencent (default aliyun)
   QUIET_HOURS            "21:00-08:00" (Asia/Shanghai), "off" for none
-  RECEIPTS_PORT          HTTP port of the receipt callbacks (default 8080)
+  RECEIPTS_PORT          HTTP port of the receipt callbacks (default 8080): /receipts/aliyun,
+                         /receipts/tencent and, with WECHAT_EVENT_TOKEN, /wechat/events
+  WECHAT_EVENT_TOKEN     the token set for the server URL in WeChat's console; WeChat's send
+                         results (subscribe_msg_sent_event) then settle WeChat deliveries
   WECHAT_API_BASE, WECHAT_APPID, WECHAT_APPSECRET, WECHAT_TARGET (mini_program | official_account),
   WECHAT_MINIPROGRAM_STATE
   ALIYUN_SMS_ENDPOINT, ALIYUN_ACCESS_KEY_ID, ALIYUN_ACCESS_KEY_SECRET, ALIYUN_SMS_SIGN_NAME, ALIYUN_REGION_ID,
@@ -124,9 +127,12 @@ class NotifyApp:
             return ctx.pii.lookup_hash(normalize_cn_mobile(phone))
 
         async def on_receipts(receipts) -> None:
-            await apply_receipts(ctx.pool, receipts, cfg.clock)
+            await apply_receipts(ctx.pool, receipts, cfg, on_fallback=dispatcher.wake)
 
-        receipts = ReceiptsServer(on_receipts, port=int(_f(s, "RECEIPTS_PORT", 8080)), phone_hasher=phone_hash)
+        receipts = ReceiptsServer(on_receipts, port=int(_f(s, "RECEIPTS_PORT", 8080)), phone_hasher=phone_hash,
+                                  wechat_token=s.get("WECHAT_EVENT_TOKEN", ""),
+                                  # The same keyed hash as for numbers: receipt rows hold no openid.
+                                  openid_hasher=ctx.pii.lookup_hash)
         self.dispatcher, self.receipts, self.config = dispatcher, receipts, cfg
         servicer = NotifyServicer(ctx.pool, cfg, ctx.pii, on_new_delivery=dispatcher.wake)
         return ServiceParts(registrars=[servicer.register], subscriptions=[*handlers.subscriptions(), membership.subscription("notify-membership")],

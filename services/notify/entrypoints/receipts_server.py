@@ -1,7 +1,8 @@
-"""The HTTP endpoint for delivery receipts: POST /receipts/aliyun and /receipts/tencent.
+"""The HTTP endpoint for delivery receipts: POST /receipts/aliyun and /receipts/tencent,
+and, when a WeChat token is configured, GET/POST /wechat/events (WeChat's server URL).
 
-Mounted with the channel package's handler factory, which parses each vendor's JSON
-array and answers as that vendor expects; the store applies each receipt once.
+Mounted with the channel package's handler factories, which parse each vendor's format
+and answer as that vendor expects; the store applies each receipt once.
 """
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import asyncio
 from aiohttp import web
 
 from services.common.logging import get_logger
-from services.notify.adapters.channels import RecentKeys, receipt_routes
+from services.notify.adapters.channels import RecentKeys, receipt_routes, wechat_event_routes
 
 log = get_logger(__name__)
 
 
 class ReceiptsServer:
-    def __init__(self, on_receipts, *, port: int, host: str = "0.0.0.0", phone_hasher) -> None:
+    def __init__(self, on_receipts, *, port: int, host: str = "0.0.0.0", phone_hasher,
+                 wechat_token: str = "", openid_hasher=None) -> None:
         self._on_receipts = on_receipts
+        self._wechat_token = wechat_token
+        self._openid_hasher = openid_hasher
         self._host = host
         self._requested_port = port
         self._hasher = phone_hasher
@@ -27,7 +31,11 @@ class ReceiptsServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1 << 20)
-        app.add_routes(receipt_routes(self._on_receipts, phone_hasher=self._hasher, recent=RecentKeys(50_000)))
+        recent = RecentKeys(50_000)
+        app.add_routes(receipt_routes(self._on_receipts, phone_hasher=self._hasher, recent=recent))
+        if self._wechat_token:
+            app.add_routes(wechat_event_routes(self._on_receipts, token=self._wechat_token,
+                                               openid_hasher=self._openid_hasher or self._hasher, recent=recent))
         app.add_routes([web.get("/healthz", _healthz)])
         return app
 

@@ -30,6 +30,8 @@ from services.notify.service_layer.notifications import NotifyConfig, derived_id
 
 log = get_logger(__name__)
 
+WECHAT_REFUSED = "43101"  # WeChat's code for a user who refuses the account's messages
+
 
 @dataclass
 class Channels:
@@ -203,7 +205,8 @@ class Dispatcher:
                                      vendor_message_id=outcome.vendor_message_id, sent_at=now,
                                      mobile_hash=mobile_hash):
                     self.sent += 1
-                    await _apply_early_receipts(conn, d["vendor"], outcome.vendor_message_id, delivery_id, now)
+                    if await _apply_early_receipts(conn, d, outcome.vendor_message_id, now, self._cfg):
+                        self.wake()
                 return
             if outcome.status is SendStatus.USER_REFUSED:
                 await repo.mark_wechat_refused(conn, n["recipient"], now)
@@ -218,15 +221,13 @@ class Dispatcher:
             await self._give_up_or_fall_back(conn, d, n, outcome, now)
 
     async def _give_up_or_fall_back(self, conn, d, n, outcome: SendOutcome, now: datetime) -> None:
-        plan = [Channel(c) for c in n["channel_plan"]]
-        current = Channel(d["channel"])
-        rest = plan[plan.index(current) + 1:] if current in plan else []
+        after = next_channel(n, d)
         reason = f"{outcome.status.value} {outcome.vendor_code}: {outcome.detail}"[:300]
-        if rest:
+        if after is not None:
             if await repo.finish(conn, d["id"], DeliveryStatus.FELL_BACK, reason=reason,
                                  vendor_code=outcome.vendor_code):
-                await repo.insert_delivery(conn, n["id"], rest[0], self._cfg.vendor_for(rest[0]), now)
-                log.info("delivery fell back", delivery_id=str(d["id"]), to=rest[0].value, code=outcome.vendor_code)
+                await repo.insert_delivery(conn, n["id"], after, self._cfg.vendor_for(after), now)
+                log.info("delivery fell back", delivery_id=str(d["id"]), to=after.value, code=outcome.vendor_code)
                 self.wake()
             return
         if await repo.finish(conn, d["id"], DeliveryStatus.FAILED, reason=reason, vendor_code=outcome.vendor_code):
@@ -244,12 +245,48 @@ async def publish_failure(conn, n, delivery_id: uuid.UUID, vendor_code: str) -> 
                      event_id=derived_id(str(delivery_id), "failed"))
 
 
-async def _apply_early_receipts(conn, vendor: str, vendor_message_id: str | None, delivery_id, now) -> None:
+def next_channel(n: asyncpg.Record, d: asyncpg.Record) -> Channel | None:
+    """The channel a notification tries after delivery `d`'s, if its plan has one."""
+    plan = [Channel(c) for c in n["channel_plan"]]
+    current = Channel(d["channel"])
+    rest = plan[plan.index(current) + 1:] if current in plan else []
+    return rest[0] if rest else None
+
+
+async def settle_by_receipt(conn, d: asyncpg.Record, delivered: bool, code: str, at: datetime, now: datetime,
+                            cfg: NotifyConfig) -> tuple[bool, Channel | None]:
+    """A vendor's verdict on a sent delivery: DELIVERED; or, undelivered, a delivery on the
+    plan's next channel (FELL_BACK); or FAILED and the clinic told, so a person calls. A
+    WeChat user's refusal (43101) also stops WeChat for that patient, as when the send
+    itself is refused. Returns whether the delivery changed, and the channel it fell back to
+    (for the dispatcher to be woken)."""
+    if delivered:
+        return await repo.apply_receipt(conn, d["id"], DeliveryStatus.DELIVERED, code, at), None
+    n = await conn.fetchrow("SELECT * FROM notifications WHERE id = $1", d["notification_id"])
+    if d["channel"] == Channel.WECHAT.value and code == WECHAT_REFUSED:
+        await repo.mark_wechat_refused(conn, n["recipient"], now)
+    after = next_channel(n, d)
+    if not await repo.apply_receipt(conn, d["id"], DeliveryStatus.FELL_BACK if after else DeliveryStatus.FAILED,
+                                    code, at):
+        return False, None
+    if after is not None:
+        await repo.insert_delivery(conn, n["id"], after, cfg.vendor_for(after), now)
+        log.info("delivery fell back after its receipt", delivery_id=str(d["id"]), to=after.value, code=code)
+        return True, after
+    await publish_failure(conn, n, d["id"], code)
+    return True, None
+
+
+async def _apply_early_receipts(conn, d: asyncpg.Record, vendor_message_id: str | None, now: datetime,
+                                cfg: NotifyConfig) -> Channel | None:
     """A receipt can beat our own record of the send; it waits unlinked and applies now."""
     if not vendor_message_id:
-        return
+        return None
     rows = await conn.fetch("SELECT * FROM receipts WHERE vendor = $1 AND vendor_message_id = $2 "
-                            "AND delivery_id IS NULL", vendor, vendor_message_id)
+                            "AND delivery_id IS NULL", d["vendor"], vendor_message_id)
+    after = None
     for r in rows:
-        await repo.link_receipt(conn, vendor, vendor_message_id, r["phone_hash"], r["code"], delivery_id)
-        await repo.apply_receipt(conn, delivery_id, r["delivered"], r["code"], now)
+        await repo.link_receipt(conn, d["vendor"], vendor_message_id, r["phone_hash"], r["code"], d["id"])
+        _, fell_back_to = await settle_by_receipt(conn, d, r["delivered"], r["code"], now, now, cfg)
+        after = fell_back_to or after
+    return after

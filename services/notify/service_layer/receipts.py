@@ -1,22 +1,27 @@
-"""Use case: vendor delivery receipts move SENT deliveries to DELIVERED or FAILED, once."""
+"""Use case: vendor delivery receipts settle SENT deliveries (delivered, fell back or failed), once."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import asyncpg
 
 from services.common.logging import get_logger
 from services.notify.adapters import repository as repo
 from services.notify.adapters.channels import Receipt
-from services.notify.service_layer.dispatch import publish_failure
-from services.notify.service_layer.notifications import Clock
+from services.notify.service_layer.dispatch import settle_by_receipt
+from services.notify.service_layer.notifications import NotifyConfig
 
 log = get_logger(__name__)
 
 
-async def apply_receipts(pool: asyncpg.Pool, receipts: list[Receipt], clock: Clock) -> int:
+async def apply_receipts(pool: asyncpg.Pool, receipts: list[Receipt], cfg: NotifyConfig,
+                         on_fallback: Callable[[], None] = lambda: None) -> int:
     """Returns how many deliveries changed. One transaction per batch: all or nothing,
-    so a failure makes the vendor push the batch again and the dedup rows stay true."""
+    so a failure makes the vendor push the batch again and the dedup rows stay true.
+    `on_fallback` runs after the commit when an undelivered message moved to another channel."""
     changed = 0
-    now = clock()
+    fell_back = False
+    now = cfg.clock()
     async with pool.acquire() as conn, conn.transaction():
         for r in receipts:
             fresh = await repo.record_receipt(conn, vendor=r.vendor.value, vendor_message_id=r.vendor_message_id,
@@ -29,10 +34,10 @@ async def apply_receipts(pool: asyncpg.Pool, receipts: list[Receipt], clock: Clo
                 log.info("receipt for an unknown delivery kept", vendor=r.vendor.value, vendor_id=r.vendor_message_id)
                 continue
             await repo.link_receipt(conn, r.vendor.value, r.vendor_message_id, r.phone_hash, r.code, delivery["id"])
-            if await repo.apply_receipt(conn, delivery["id"], r.delivered, r.code, r.reported_at or now):
-                changed += 1
-                if not r.delivered:
-                    notification = await conn.fetchrow("SELECT * FROM notifications WHERE id = $1",
-                                                       delivery["notification_id"])
-                    await publish_failure(conn, notification, delivery["id"], r.code)
+            moved, fell_back_to = await settle_by_receipt(conn, delivery, r.delivered, r.code,
+                                                          r.reported_at or now, now, cfg)
+            changed += moved
+            fell_back = fell_back or fell_back_to is not None
+    if fell_back:
+        on_fallback()
     return changed

@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import time
 
-from .notify_support import Patient, Referral, eventually, notify_service, publish, vendor_env
+import aiohttp
+
+from referral.v1 import events_pb2 as ref_ev
+from tests.fakes.sandbox import WECHAT_EVENT_TOKEN
+
+from .notify_support import Patient, Referral, eventually, new_openid, notify_service, publish, vendor_env
 
 
 async def _delivery(db, referral_id):
@@ -93,3 +100,71 @@ async def test_scheduling_event_before_its_referral_waits_for_it(stack, monkeypa
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(aliyun.accepted) == 2, timeout=15)
     assert sorted(r["template_code"] for r in aliyun.accepted) == ["SMS_470000101", "SMS_470000201"]
+
+
+def _wechat_url(notify) -> str:
+    return f"http://127.0.0.1:{notify.receipts.port}/wechat/events"
+
+
+async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypatch, vendors, broker, db):
+    wechat, _, _ = vendors
+    ref = Referral(Patient(stack, openid=new_openid()))
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (_, notify):
+        await publish(broker, ref.accepted(), ref)
+        await eventually(lambda: len(wechat.accepted) == 1)
+        await eventually(lambda: _status(db, ref.referral_id, "SENT"))
+        url, record = _wechat_url(notify), wechat.accepted[0]
+        # WeChat's one-time URL check, and pushes that are not WeChat's.
+        async with aiohttp.ClientSession() as session:
+            ts, nonce = str(int(time.time())), "4711"
+            sig = hashlib.sha1("".join(sorted((WECHAT_EVENT_TOKEN, ts, nonce))).encode()).hexdigest()
+            async with session.get(url, params={"signature": sig, "timestamp": ts, "nonce": nonce,
+                                                "echostr": "echo-me"}) as response:
+                assert (response.status, await response.text()) == (200, "echo-me")
+            async with session.get(url, params={"signature": "0" * 40, "timestamp": ts, "nonce": nonce,
+                                                "echostr": "echo-me"}) as response:
+                assert response.status == 403
+        assert (await wechat.push_event(url, "another-token", wechat.sent_event(record)))[0] == 403
+        stale = int(time.time()) - 3600
+        assert (await wechat.push_event(url, WECHAT_EVENT_TOKEN, wechat.sent_event(record), timestamp=stale))[0] == 403
+        assert await _status(db, ref.referral_id, "SENT")
+        # The real push, as XML and again as JSON (WeChat may push twice): applied once.
+        assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, wechat.sent_event(record)) == (200, "success")
+        first = await _delivery(db, ref.referral_id)
+        assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, wechat.sent_event(record, fmt="json")) == (
+            200, "success")
+        second = await _delivery(db, ref.referral_id)
+    assert first["status"] == "DELIVERED" and first["delivered_at"] is not None
+    assert second["updated_at"] == first["updated_at"]
+    rows = await db.fetch("SELECT vendor, phone_hash, delivery_id FROM notify.receipts WHERE vendor = 'wechat' "
+                          "AND vendor_message_id = $1", str(record["msgid"]))
+    # The openid is kept only as the deployment's keyed hash.
+    assert len(rows) == 1 and rows[0]["delivery_id"] == first["id"] and record["openid"] not in rows[0]["phone_hash"]
+
+
+async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_wechat(stack, monkeypatch, vendors, broker,
+                                                                               db):
+    wechat, aliyun, _ = vendors
+    ref = Referral(Patient(stack, openid=new_openid()))
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (_, notify):
+        await publish(broker, ref.accepted(), ref)
+        await eventually(lambda: len(wechat.accepted) == 1)
+        await eventually(lambda: _status(db, ref.referral_id, "SENT"))
+        # WeChat took the message, then reports that the user refuses the account's messages.
+        body = wechat.sent_event(wechat.accepted[0], error_code=43101)
+        assert await wechat.push_event(_wechat_url(notify), WECHAT_EVENT_TOKEN, body) == (200, "success")
+        await eventually(lambda: len(aliyun.accepted) == 1)
+        await publish(broker, ref_ev.ReferralCancelled(referral=ref.snapshot(), reason="患者要求"), ref)
+        await eventually(lambda: len(aliyun.accepted) == 2)
+    deliveries = await db.fetch(
+        "SELECT d.channel, d.status, d.status_reason, n.template FROM notify.deliveries d "
+        "JOIN notify.notifications n ON n.id = d.notification_id WHERE n.referral_id = $1 "
+        "ORDER BY d.created_at, d.id", ref.referral_id)
+    assert [(d["template"], d["channel"], d["status"]) for d in deliveries] == [
+        ("referral_accepted", "wechat", "FELL_BACK"), ("referral_accepted", "sms", "SENT"),
+        ("referral_cancelled", "sms", "SENT")]
+    assert deliveries[0]["status_reason"] == "receipt: 43101"
+    assert len(wechat.accepted) == 1  # the refusal is remembered: WeChat is not tried again
+    # Another channel took over, so the clinic is not asked to call.
+    assert await db.fetchval("SELECT count(*) FROM notify.outbox WHERE aggregate_id = $1 "
+                             "AND event_type = 'notify.v1.PatientNotificationFailed'", ref.referral_id) == 0

@@ -1,5 +1,5 @@
 """Notification channels: real HTTP clients for WeChat subscribe messages and
-Aliyun / Tencent SMS, plus the parsers for their delivery receipts."""
+Aliyun / Tencent SMS, plus the parsers for their delivery receipts and WeChat's send results."""
 
 from .aliyun_sms import AliyunSmsChannel
 from .base import (
@@ -24,6 +24,7 @@ from .receipts import (
 )
 from .tencent_sms import TencentSmsChannel
 from .wechat import StableTokenCache, WeChatSubscribeChannel, validate_subscribe_data
+from .wechat_events import parse_wechat_push, wechat_event_routes
 
 __all__ = [
     "AliyunSmsChannel",
@@ -43,8 +44,10 @@ __all__ = [
     "mask_phone",
     "parse_aliyun_receipts",
     "parse_tencent_receipts",
+    "parse_wechat_push",
     "receipt_handler",
     "receipt_routes",
     "validate_subscribe_data",
     "vendor_reply",
+    "wechat_event_routes",
 ]

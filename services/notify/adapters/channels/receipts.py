@@ -30,6 +30,7 @@ BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 class Vendor(enum.StrEnum):
     ALIYUN = "aliyun"
     TENCENT = "tencent"
+    WECHAT = "wechat"  # send results pushed to the account's server URL (wechat_events)
 
 
 PhoneHasher = Callable[[str], str]
@@ -226,7 +227,7 @@ def receipt_routes(
     return [
         web.post(f"{prefix}/{vendor.value}",
                  receipt_handler(vendor, on_receipts, phone_hasher=phone_hasher, recent=memory))
-        for vendor in Vendor
+        for vendor in PARSERS
     ]
 
 

@@ -136,7 +136,7 @@ async def test_the_harnesses_receipt_pusher_reports_every_sms_once_and_pushes_ag
     await aliyun.send(SmsMessage(PHONE, "SMS_465000001", {"hospital": "县医院", "time": "上午"}, "dlv-1"))
     await aliyun.send(SmsMessage(off, "SMS_465000001", {"hospital": "县医院", "time": "下午"}, "dlv-2"))
     await tencent.send(SmsMessage(PHONE, "2100001", {"a": "县医院", "b": "上午"}, "dlv-3"))
-    pusher = ReceiptPusher(aliyun_fake, tencent_fake, url)
+    pusher = ReceiptPusher(aliyun_fake, tencent_fake, url.removesuffix("/receipts"))
 
     sink.fail_once = True  # the callback cannot store the first batch: it is pushed again
     assert await pusher.push_once() == 1  # aliyun's batch refused, tencent's taken
