@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import time
 
@@ -102,18 +103,23 @@ async def test_scheduling_event_before_its_referral_waits_for_it(stack, monkeypa
     assert sorted(r["template_code"] for r in aliyun.accepted) == ["SMS_470000101", "SMS_470000201"]
 
 
-def _wechat_url(notify) -> str:
-    return f"http://127.0.0.1:{notify.receipts.port}/wechat/events"
-
-
-async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypatch, vendors, broker, db):
+@contextlib.asynccontextmanager
+async def _sent_on_wechat(stack, monkeypatch, vendors, broker, db):
+    """A running notify that has sent a WeChat patient's acceptance message; yields the
+    referral and notify's WeChat server URL."""
     wechat, _, _ = vendors
     ref = Referral(Patient(stack, openid=new_openid()))
     async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (_, notify):
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(wechat.accepted) == 1)
         await eventually(lambda: _status(db, ref.referral_id, "SENT"))
-        url, record = _wechat_url(notify), wechat.accepted[0]
+        yield ref, f"http://127.0.0.1:{notify.receipts.port}/wechat/events"
+
+
+async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypatch, vendors, broker, db):
+    wechat, _, _ = vendors
+    async with _sent_on_wechat(stack, monkeypatch, vendors, broker, db) as (ref, url):
+        record = wechat.accepted[0]
         # WeChat's one-time URL check, and pushes that are not WeChat's.
         async with aiohttp.ClientSession() as session:
             ts, nonce = str(int(time.time())), "4711"
@@ -145,14 +151,10 @@ async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypat
 async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_wechat(stack, monkeypatch, vendors, broker,
                                                                                db):
     wechat, aliyun, _ = vendors
-    ref = Referral(Patient(stack, openid=new_openid()))
-    async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (_, notify):
-        await publish(broker, ref.accepted(), ref)
-        await eventually(lambda: len(wechat.accepted) == 1)
-        await eventually(lambda: _status(db, ref.referral_id, "SENT"))
+    async with _sent_on_wechat(stack, monkeypatch, vendors, broker, db) as (ref, url):
         # WeChat took the message, then reports that the user refuses the account's messages.
         body = wechat.sent_event(wechat.accepted[0], error_code=43101)
-        assert await wechat.push_event(_wechat_url(notify), WECHAT_EVENT_TOKEN, body) == (200, "success")
+        assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, body) == (200, "success")
         await eventually(lambda: len(aliyun.accepted) == 1)
         await publish(broker, ref_ev.ReferralCancelled(referral=ref.snapshot(), reason="患者要求"), ref)
         await eventually(lambda: len(aliyun.accepted) == 2)
