@@ -76,10 +76,11 @@ def text_report(result: DayResult, elapsed: float) -> str:
     d = result.deliveries
     L += ["", f"Notifications 患者通知: {d.notifications} messages, {d.skipped} not sent (no consent/contact)",
           f"  {'channel':<14}{'vendor':<9}{'sent':>6}{'deliv.':>7}{'failed':>7}{'fell back':>10}{'pending':>8}"
-          f"{'cancelled':>10}"]
+          f"{'cancelled':>10}{'delivered':>10}"]
     for c in d.channels:
+        # `sent`: with the vendor, no receipt yet; the rate is delivered / (sent + delivered + failed).
         L.append(f"  {CHANNEL.get(c.channel, '?'):<12}{c.vendor:<9}{c.sent:6d}{c.delivered:7d}{c.failed:7d}"
-                 f"{c.fell_back:10d}{c.pending:8d}{c.cancelled:10d}")
+                 f"{c.fell_back:10d}{c.pending:8d}{c.cancelled:10d}{c.delivery_rate * 100:9.1f}%")
     templates = Counter(m.get("template_id") or m.get("template_code") or "?" for m in result.messages)
     L.append("  received by the patients' phones: " + ", ".join(f"{k} {v}" for k, v in templates.most_common()))
     L += ["", "Calls 操作: " + ", ".join(f"{k} {v}" for k, v in sorted(result.actions.items()))]

@@ -32,6 +32,15 @@ FINAL = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED, DeliveryStat
                    DeliveryStatus.FELL_BACK})
 
 
+def delivery_rate(*, delivered: int, sent: int, failed: int, fell_back: int) -> float:
+    """Of the messages a channel took or tried (still with the vendor, delivered, failed, or
+    moved on to the patient's next channel), the share it delivered; 0 when it had none.
+    A message the vendor accepted and then reported undelivered counts against it, whether
+    another channel then reached the patient or not."""
+    tried = sent + delivered + failed + fell_back
+    return delivered / tried if tried else 0.0
+
+
 class SkipReason(enum.StrEnum):
     NO_CONSENT = "NO_CONSENT"
     OPTED_OUT = "OPTED_OUT"

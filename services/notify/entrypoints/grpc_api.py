@@ -11,7 +11,7 @@ from notify.v1 import notify_service_pb2_grpc as pb_grpc
 from services.common.auth import current_caller
 from services.common.errors import FieldViolation, InvalidArgument
 from services.common.pii import PiiCipher
-from services.notify.domain.model import SHANGHAI, Channel
+from services.notify.domain.model import SHANGHAI, Channel, delivery_rate
 from services.notify.service_layer import api
 from services.notify.service_layer.notifications import NotifyConfig, timestamp_of
 
@@ -110,6 +110,5 @@ class NotifyServicer(pb_grpc.NotifyServiceServicer):
             field = {"SENDING": "pending"}.get(r["status"], r["status"].lower())
             setattr(s, field, getattr(s, field) + r["n"])
         for s in stats.values():
-            out = s.sent + s.delivered + s.failed
-            s.delivery_rate = s.delivered / out if out else 0.0
+            s.delivery_rate = delivery_rate(delivered=s.delivered, sent=s.sent, failed=s.failed, fell_back=s.fell_back)
         return pb.DeliveryStats(channels=list(stats.values()), notifications=total, skipped=skipped)

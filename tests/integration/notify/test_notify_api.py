@@ -126,7 +126,7 @@ async def test_api_end_to_end(stack, monkeypatch, vendors, broker):
                                             metadata=stack.metadata("X" + consortium, Role.CONSORTIUM_OFFICE))
             assert foreign.value.code() == grpc.StatusCode.NOT_FOUND
             [wx] = stats.channels
-            assert (wx.channel, wx.sent) == (pb.CHANNEL_WECHAT, 1)
+            assert (wx.channel, wx.sent, wx.delivery_rate) == (pb.CHANNEL_WECHAT, 1, 0.0)
             with pytest.raises(grpc.aio.AioRpcError) as denied:
                 await stub.GetDeliveryStats(pb.GetDeliveryStatsRequest(), metadata=desk)
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -8,7 +8,8 @@ import pytest
 
 from services.notify.adapters.channels import validate_subscribe_data
 from services.notify.domain.messages import Planner
-from services.notify.domain.model import SHANGHAI, Appointment, Channel, Contact, Place, Route, SkipReason
+from services.notify.domain.model import (
+    SHANGHAI, Appointment, Channel, Contact, Place, Route, SkipReason, delivery_rate)
 from services.notify.domain.policy import Caps, QuietHours, RetryPolicy, cap_deferral, choose_channels
 from services.notify.domain.templates import Catalogue, TemplateError, fit, render
 
@@ -132,3 +133,11 @@ def test_booking_plans_messages_and_reminders_and_never_the_reason():
 def test_admission_items_use_the_admission_template_without_a_2h_reminder():
     plan = Planner(CAT).scheduled(ROUTE, "B2", [_appointment(kind="admission")], "", sh(2030, 6, 1, 10, 0))
     assert [m.template for m in plan.messages] == ["admission_booked", "reminder_day_before"]
+
+
+def test_delivery_rate_counts_what_a_channel_took_or_tried():
+    # WeChat accepted 240 and delivered them; one more it accepted then reported undelivered
+    # (the patient got it by SMS): that one counts against WeChat.
+    assert delivery_rate(delivered=240, sent=0, failed=0, fell_back=1) == 240 / 241
+    assert delivery_rate(delivered=8, sent=1, failed=1, fell_back=0) == 0.8  # one still without a receipt
+    assert delivery_rate(delivered=0, sent=0, failed=0, fell_back=0) == 0.0
