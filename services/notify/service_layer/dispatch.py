@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
+from prometheus_client import Counter
 
 from notify.v1 import events_pb2
 from services.common import outbox
@@ -31,6 +32,19 @@ from services.notify.service_layer.notifications import NotifyConfig, derived_id
 log = get_logger(__name__)
 
 WECHAT_REFUSED = "43101"  # WeChat's code for a user who refuses the account's messages
+
+# What an operator watches: a vendor refusing or failing, messages not reaching patients.
+# Counted as applied: a batch whose transaction fails and that the vendor pushes again
+# counts twice (rare, and the rates stay right).
+SENDS = Counter("notify_sends_total", "Vendor send calls, by channel, vendor and outcome.",
+                ("channel", "vendor", "outcome"))
+REPORTS = Counter("notify_delivery_reports_total",
+                  "SMS receipts and WeChat send results that settled a delivery, by vendor and verdict.",
+                  ("vendor", "verdict"))
+FALLBACKS = Counter("notify_fallbacks_total", "Deliveries moved on to the patient's next channel, and why.",
+                    ("from_channel", "to_channel", "cause"))
+UNREACHED = Counter("notify_unreached_total",
+                    "Essential messages no channel delivered: the clinic is asked to call.", ("channel",))
 
 
 @dataclass
@@ -199,6 +213,7 @@ class Dispatcher:
     async def _record(self, d, n, outcome: SendOutcome, *, mobile_hash: str | None = None) -> None:
         now = self._cfg.clock()
         delivery_id = d["id"]
+        SENDS.labels(d["channel"], d["vendor"], outcome.status.value.lower()).inc()
         async with self._pool.acquire() as conn, conn.transaction():
             if outcome.status is SendStatus.SENT:
                 if await repo.finish(conn, delivery_id, DeliveryStatus.SENT, vendor_code=outcome.vendor_code,
@@ -228,16 +243,18 @@ class Dispatcher:
                                  vendor_code=outcome.vendor_code):
                 await repo.insert_delivery(conn, n["id"], after, self._cfg.vendor_for(after), now)
                 log.info("delivery fell back", delivery_id=str(d["id"]), to=after.value, code=outcome.vendor_code)
+                FALLBACKS.labels(d["channel"], after.value, "send").inc()
                 self.wake()
             return
         if await repo.finish(conn, d["id"], DeliveryStatus.FAILED, reason=reason, vendor_code=outcome.vendor_code):
-            await publish_failure(conn, n, d["id"], outcome.vendor_code)
+            await publish_failure(conn, n, d["id"], outcome.vendor_code, d["channel"])
 
 
-async def publish_failure(conn, n, delivery_id: uuid.UUID, vendor_code: str) -> None:
+async def publish_failure(conn, n, delivery_id: uuid.UUID, vendor_code: str, channel: str) -> None:
     """The patient could not be told: the clinic gets an event so a person can call."""
     if not n["essential"]:
         return
+    UNREACHED.labels(channel).inc()
     event = events_pb2.PatientNotificationFailed(
         referral_id=n["referral_id"], clinic_id=n["clinic_id"], hospital_id=n["hospital_id"],
         notification_id=str(n["id"]), template=n["template"], vendor_code=vendor_code or "")
@@ -261,7 +278,10 @@ async def settle_by_receipt(conn, d: asyncpg.Record, delivered: bool, code: str,
     itself is refused. Returns whether the delivery changed, and the channel it fell back to
     (for the dispatcher to be woken)."""
     if delivered:
-        return await repo.apply_receipt(conn, d["id"], DeliveryStatus.DELIVERED, code, at), None
+        moved = await repo.apply_receipt(conn, d["id"], DeliveryStatus.DELIVERED, code, at)
+        if moved:
+            REPORTS.labels(d["vendor"], "delivered").inc()
+        return moved, None
     n = await conn.fetchrow("SELECT * FROM notifications WHERE id = $1", d["notification_id"])
     if d["channel"] == Channel.WECHAT.value and code == WECHAT_REFUSED:
         await repo.mark_wechat_refused(conn, n["recipient"], now)
@@ -269,11 +289,13 @@ async def settle_by_receipt(conn, d: asyncpg.Record, delivered: bool, code: str,
     if not await repo.apply_receipt(conn, d["id"], DeliveryStatus.FELL_BACK if after else DeliveryStatus.FAILED,
                                     code, at):
         return False, None
+    REPORTS.labels(d["vendor"], "undelivered").inc()
     if after is not None:
         await repo.insert_delivery(conn, n["id"], after, cfg.vendor_for(after), now)
         log.info("delivery fell back after its receipt", delivery_id=str(d["id"]), to=after.value, code=code)
+        FALLBACKS.labels(d["channel"], after.value, "report").inc()
         return True, after
-    await publish_failure(conn, n, d["id"], code)
+    await publish_failure(conn, n, d["id"], code, d["channel"])
     return True, None
 
 

@@ -7,11 +7,16 @@ import hashlib
 import time
 
 import aiohttp
+from prometheus_client import REGISTRY
 
 from referral.v1 import events_pb2 as ref_ev
 from tests.fakes.sandbox import WECHAT_EVENT_TOKEN
 
 from .notify_support import Patient, Referral, eventually, new_openid, notify_service, publish, vendor_env
+
+
+def _count(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _delivery(db, referral_id):
@@ -46,6 +51,7 @@ async def _status(db, referral_id, status):
 async def test_tencent_failure_receipt_fails_the_delivery_and_tells_the_clinic(stack, monkeypatch, vendors, broker, db):
     _, _, tencent = vendors
     ref = Referral(Patient(stack))
+    unreached = _count("notify_unreached_total", channel="sms")
     async with notify_service(stack, monkeypatch, vendor_env(*vendors, vendor="tencent")) as (_, notify):
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(tencent.accepted) == 1)
@@ -60,6 +66,7 @@ async def test_tencent_failure_receipt_fails_the_delivery_and_tells_the_clinic(s
     failures = await db.fetchval("SELECT count(*) FROM notify.outbox WHERE aggregate_id = $1 "
                                  "AND event_type = 'notify.v1.PatientNotificationFailed'", ref.referral_id)
     assert failures == 1
+    assert _count("notify_unreached_total", channel="sms") == unreached + 1
 
 
 async def test_malformed_receipt_is_refused(stack, monkeypatch, vendors):
@@ -151,6 +158,9 @@ async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypat
 async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_wechat(stack, monkeypatch, vendors, broker,
                                                                                db):
     wechat, aliyun, _ = vendors
+    before = (_count("notify_fallbacks_total", from_channel="wechat", to_channel="sms", cause="report"),
+              _count("notify_delivery_reports_total", vendor="wechat", verdict="undelivered"),
+              _count("notify_sends_total", channel="sms", vendor="aliyun", outcome="sent"))
     async with _sent_on_wechat(stack, monkeypatch, vendors, broker, db) as (ref, url):
         # WeChat took the message, then reports that the user refuses the account's messages.
         body = wechat.sent_event(wechat.accepted[0], error_code=43101)
@@ -166,6 +176,10 @@ async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_wechat(s
         ("referral_accepted", "wechat", "FELL_BACK"), ("referral_accepted", "sms", "SENT"),
         ("referral_cancelled", "sms", "SENT")]
     assert deliveries[0]["status_reason"] == "receipt: 43101"
+    after = (_count("notify_fallbacks_total", from_channel="wechat", to_channel="sms", cause="report"),
+             _count("notify_delivery_reports_total", vendor="wechat", verdict="undelivered"),
+             _count("notify_sends_total", channel="sms", vendor="aliyun", outcome="sent"))
+    assert after == (before[0] + 1, before[1] + 1, before[2] + 2)
     assert len(wechat.accepted) == 1  # the refusal is remembered: WeChat is not tried again
     # Another channel took over, so the clinic is not asked to call.
     assert await db.fetchval("SELECT count(*) FROM notify.outbox WHERE aggregate_id = $1 "
