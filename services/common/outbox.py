@@ -5,6 +5,11 @@ change committed. The relay claims unsent rows with FOR UPDATE SKIP LOCKED (repl
 share the work), publishes each with Nats-Msg-Id = event id, and marks it sent only on
 PubAck. A crash between publish and mark-sent re-publishes the same id: JetStream's
 duplicate window and the consumers' inbox absorb it.
+
+A claimed batch is published pipelined (every message written, then the acknowledgements
+awaited together: one round trip for the batch, not one per event), in waves so that an
+aggregate's events still go out each after the previous one's PubAck: a failed publish
+holds back the later events of its aggregate, never another aggregate's.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ log = get_logger(__name__)
 PUBLISHED = Counter("outbox_published_total", "Outbox events published and acknowledged.", ("schema",))
 PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Outbox publish attempts that failed.", ("schema",))
 PENDING = Gauge("outbox_pending", "Unsent outbox rows seen at the last claim.", ("schema",))
+PUBLISH_TIMEOUT_SECONDS = 5.0  # for a PubAck, as for a JetStream request
 
 
 async def add(conn: asyncpg.Connection, event: Message, *, aggregate_id: str, hospital_id: str,
@@ -137,29 +143,59 @@ class OutboxRelay:
         """Publish one batch; returns how many rows were marked sent."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT seq, event_id, subject, payload FROM outbox WHERE sent_at IS NULL "
+                "SELECT seq, event_id, subject, aggregate_id, payload FROM outbox WHERE sent_at IS NULL "
                 "ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED", self._batch)
             PENDING.labels(self._schema).set(len(rows))
             if not rows:
                 return 0
-            sent: list[int] = []
-            for row in rows:
-                try:
-                    await self._broker.js.publish(row["subject"], row["payload"],
-                                                  headers={"Nats-Msg-Id": str(row["event_id"])})
-                except Exception as exc:  # noqa: BLE001 - any broker failure: keep the row, retry later
-                    PUBLISH_ERRORS.labels(self._schema).inc()
-                    await conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = $2 "
-                                       "WHERE seq = $1", row["seq"], str(exc)[:500])
-                    log.warning("outbox publish failed", event_id=str(row["event_id"]), error=str(exc))
-                    break  # keep order: later rows wait for this one
-                sent.append(row["seq"])
+            sent, failed = await self._publish(rows)
+            if failed:
+                PUBLISH_ERRORS.labels(self._schema).inc(len(failed))
+                await conn.execute(
+                    "UPDATE outbox o SET attempts = attempts + 1, last_error = f.error "
+                    "FROM unnest($1::bigint[], $2::text[]) AS f(seq, error) WHERE o.seq = f.seq",
+                    [row["seq"] for row, _ in failed], [(str(exc) or repr(exc))[:500] for _, exc in failed])
+                log.warning("outbox publish failed", failed=len(failed), event_id=str(failed[0][0]["event_id"]),
+                            error=str(failed[0][1]) or repr(failed[0][1]))
             if sent:
                 await conn.execute("UPDATE outbox SET sent_at = now(), attempts = attempts + 1 "
                                    "WHERE seq = ANY($1::bigint[])", sent)
                 PUBLISHED.labels(self._schema).inc(len(sent))
             self.last_batch_failed = len(sent) < len(rows)
             return len(sent)
+
+    async def _publish(self, rows: list) -> tuple[list[int], list[tuple[asyncpg.Record, BaseException]]]:
+        """The rows' seqs acknowledged by JetStream, and the failures. Wave after wave, each
+        holding at most one row per aggregate (its earliest unpublished one); an aggregate
+        whose row failed sends nothing more this round."""
+        sent: list[int] = []
+        failed: list[tuple[asyncpg.Record, BaseException]] = []
+        held: set[str] = set()
+        pending = list(rows)
+        while pending:
+            wave, later, seen = [], [], set()
+            for row in pending:
+                if row["aggregate_id"] in held:
+                    continue
+                (later if row["aggregate_id"] in seen else wave).append(row)
+                seen.add(row["aggregate_id"])
+            acks = []
+            for row in wave:
+                try:
+                    ack = await self._broker.js.publish_async(row["subject"], row["payload"],
+                                                              headers={"Nats-Msg-Id": str(row["event_id"])})
+                except Exception as exc:  # noqa: BLE001 - not even written: fail it like a refused one
+                    ack = asyncio.get_running_loop().create_future()
+                    ack.set_exception(exc)
+                acks.append(asyncio.wait_for(ack, PUBLISH_TIMEOUT_SECONDS))
+            for row, result in zip(wave, await asyncio.gather(*acks, return_exceptions=True)):
+                if isinstance(result, BaseException):
+                    failed.append((row, result))
+                    held.add(row["aggregate_id"])
+                else:
+                    sent.append(row["seq"])
+            pending = later
+        return sent, failed
 
     async def purge(self) -> int:
         result = await self._pool.execute(

@@ -25,12 +25,20 @@ class _KillingJetStream:
 
     async def publish(self, subject, *args, **kwargs):
         ack = await self._js.publish(subject, *args, **kwargs)
-        if not subject.startswith(self._counted):
-            return ack
+        if subject.startswith(self._counted):
+            self._acknowledged()
+        return ack
+
+    async def publish_async(self, subject, *args, **kwargs):
+        future = await self._js.publish_async(subject, *args, **kwargs)
+        if subject.startswith(self._counted):
+            future.add_done_callback(lambda f: f.cancelled() or f.exception() or self._acknowledged())
+        return future
+
+    def _acknowledged(self) -> None:
         self._left -= 1
         if self._left == 0:
             os.kill(os.getpid(), signal.SIGKILL)
-        return ack
 
 
 async def main(dsn: str, nats_url: str, schema: str, kill_after: int) -> None:
