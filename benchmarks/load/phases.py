@@ -210,14 +210,19 @@ async def event_phase(system: System, rate: float, duration: float, seed: int) -
     desk = system.metadata(HOSPITAL, "referral_desk")
     created: dict[str, float] = {}
     scheduled: dict[str, float] = {}
+    waitlisted: set[str] = set()  # no capacity in the horizon: no booking, no appointment message
     nc = await nats.connect(system.env["NATS_URL"])
 
     async def on_event(msg) -> None:
         env = event_pb2.EventEnvelope.FromString(msg.data)
+        if env.event_type == sev.ReferralWaitlisted.DESCRIPTOR.full_name:
+            waitlisted.add(env.aggregate_id)
+            return
         event = sev.ReferralScheduled()
         env.payload.Unpack(event)
         scheduled.setdefault(event.referral_id, time.time())
-    sub = await nc.subscribe("scheduling.v1.ReferralScheduled.>", cb=on_event)
+    subs = [await nc.subscribe(f"scheduling.v1.{kind}.>", cb=on_event)
+            for kind in ("ReferralScheduled", "ReferralWaitlisted")]
     try:
         async def one(i: int, clinic: str, request) -> None:
             await asyncio.sleep(i / rate)
@@ -231,11 +236,13 @@ async def event_phase(system: System, rate: float, duration: float, seed: int) -
         while time.time() < deadline:
             booked = {referral_id_of(m): m["t"] for m in system.wechat.accepted
                       if m["template_id"] in ("wx-tmpl-appointment", "wx-tmpl-admission")}
-            if all(k in booked for k in created if k in scheduled) and len(scheduled) >= len(created):
+            if all(k in booked for k in created if k in scheduled) and len(scheduled) + len(
+                    waitlisted & created.keys()) >= len(created):
                 break
             await asyncio.sleep(0.2)
     finally:
-        await sub.unsubscribe()
+        for sub in subs:
+            await sub.unsubscribe()
         await nc.close()
     messages: dict[str, float] = {}
     for m in system.wechat.accepted:
@@ -247,7 +254,7 @@ async def event_phase(system: System, rate: float, duration: float, seed: int) -
         pick = lambda q: round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 1) if s else None  # noqa: E731
         return {"count": len(s), "p50_ms": pick(.5), "p99_ms": pick(.99)}
     return {
-        "referrals": len(created), "rate_per_second": rate,
+        "referrals": len(created), "rate_per_second": rate, "waitlisted": len(waitlisted & created.keys()),
         "create_to_scheduled": stats([scheduled[k] - created[k] for k in created if k in scheduled]),
         "create_to_message": stats([messages[k] - created[k] for k in created if k in messages]),
         "scheduled_to_message": stats([messages[k] - scheduled[k] for k in created if k in messages and k in scheduled]),
