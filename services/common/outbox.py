@@ -151,12 +151,13 @@ class OutboxRelay:
             sent, failed = await self._publish(rows)
             if failed:
                 PUBLISH_ERRORS.labels(self._schema).inc(len(failed))
+                errors = [(str(exc) or repr(exc))[:500] for _, exc in failed]
                 await conn.execute(
                     "UPDATE outbox o SET attempts = attempts + 1, last_error = f.error "
                     "FROM unnest($1::bigint[], $2::text[]) AS f(seq, error) WHERE o.seq = f.seq",
-                    [row["seq"] for row, _ in failed], [(str(exc) or repr(exc))[:500] for _, exc in failed])
+                    [row["seq"] for row, _ in failed], errors)
                 log.warning("outbox publish failed", failed=len(failed), event_id=str(failed[0][0]["event_id"]),
-                            error=str(failed[0][1]) or repr(failed[0][1]))
+                            error=errors[0])
             if sent:
                 await conn.execute("UPDATE outbox SET sent_at = now(), attempts = attempts + 1 "
                                    "WHERE seq = ANY($1::bigint[])", sent)

@@ -195,24 +195,32 @@ def receipt_handler(
             _, body = vendor_reply(vendor, False, "格式错误")
             # A malformed push will not improve on retry; 400 says so without inviting one.
             return _reply(400, body)
-        fresh = memory.fresh(receipts)
-        if fresh:
-            try:
-                await on_receipts(fresh)
-            except Exception:
-                log.exception("%s receipt callback failed for %d receipts", vendor.value, len(fresh))
-                return _reply(*vendor_reply(vendor, False))
-            memory.remember(fresh)
-        fresh_ids = {id(r) for r in fresh}
-        for receipt in receipts:
-            log.info(
-                "%s receipt id=%s phone=%s delivered=%s code=%s duplicate=%s",
-                vendor.value, receipt.vendor_message_id, receipt.phone_masked,
-                receipt.delivered, receipt.code, id(receipt) not in fresh_ids,
-            )
+        if not await store_once(vendor, receipts, on_receipts, memory):
+            return _reply(*vendor_reply(vendor, False))
         return _reply(*vendor_reply(vendor, True))
 
     return handle
+
+
+async def store_once(vendor: Vendor, receipts: list[Receipt], on_receipts: OnReceipts, memory: RecentKeys) -> bool:
+    """Hand the receipts not seen lately to the store; False when it failed (the vendor is then
+    asked to push again, and they stay unremembered)."""
+    fresh = memory.fresh(receipts)
+    if fresh:
+        try:
+            await on_receipts(fresh)
+        except Exception:
+            log.exception("%s receipt callback failed for %d receipts", vendor.value, len(fresh))
+            return False
+        memory.remember(fresh)
+    fresh_ids = {id(r) for r in fresh}
+    for receipt in receipts:
+        log.info(
+            "%s receipt id=%s recipient=%s delivered=%s code=%s duplicate=%s",
+            vendor.value, receipt.vendor_message_id, receipt.phone_masked,
+            receipt.delivered, receipt.code, id(receipt) not in fresh_ids,
+        )
+    return True
 
 
 def receipt_routes(

@@ -25,7 +25,7 @@ from xml.etree import ElementTree
 
 from aiohttp import web
 
-from .receipts import OnReceipts, PhoneHasher, Receipt, ReceiptFormatError, RecentKeys, Vendor
+from .receipts import OnReceipts, PhoneHasher, Receipt, ReceiptFormatError, RecentKeys, Vendor, store_once
 
 log = logging.getLogger("notify.channels.wechat_events")
 
@@ -125,18 +125,8 @@ def wechat_event_routes(on_receipts: OnReceipts, *, token: str, openid_hasher: P
         except ReceiptFormatError as exc:
             log.warning("wechat push rejected: %s", exc)
             return web.Response(status=400, text="bad request")
-        fresh = memory.fresh(receipts)
-        if fresh:
-            try:
-                await on_receipts(fresh)
-            except Exception:
-                log.exception("wechat send results could not be stored (%d)", len(fresh))
-                # Not 200: WeChat pushes again.
-                return web.Response(status=500, text="retry")
-            memory.remember(fresh)
-        for r in receipts:
-            log.info("wechat send result id=%s user=%s delivered=%s code=%s", r.vendor_message_id,
-                     r.phone_masked, r.delivered, r.code)
+        if not await store_once(Vendor.WECHAT, receipts, on_receipts, memory):
+            return web.Response(status=500, text="retry")  # not 200: WeChat pushes again
         return web.Response(text="success")
 
     return [web.get(path, verify), web.post(path, push)]
