@@ -89,7 +89,8 @@ class ServiceApp:
                              "and sets them for every service")
         await db.migrate(s.database_url, s.schema, s.service)
         pool = await db.create_pool(s.database_url, s.schema, min_size=s.db_pool_min,
-                                    max_size=s.db_pool_max, command_timeout=s.db_command_timeout)
+                                    max_size=s.db_pool_max, command_timeout=s.db_command_timeout,
+                                    acquire_timeout=s.db_acquire_timeout)
         broker = await messaging.Broker.connect(s.nats_url, name=s.service,
                                                 stream_replicas=s.nats_stream_replicas)
         await broker.ensure_stream(s.service, s.nats_stream_replicas)

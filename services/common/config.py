@@ -56,6 +56,7 @@ class Settings:
     db_pool_min: int
     db_pool_max: int
     db_command_timeout: float
+    db_acquire_timeout: float
     auth_issuer: str
     auth_audience: str
     auth_public_keys: str
@@ -98,6 +99,7 @@ def load(service: str) -> Settings:
         db_pool_min=_env_int("DB_POOL_MIN", 2),
         db_pool_max=_env_int("DB_POOL_MAX", 10),
         db_command_timeout=_env_float("DB_COMMAND_TIMEOUT", 10.0),
+        db_acquire_timeout=_env_float("DB_ACQUIRE_TIMEOUT", 5.0),
         auth_issuer=_env("AUTH_JWT_ISSUER", "consortium-dev"),
         auth_audience=_env("AUTH_JWT_AUDIENCE", "consortium-api"),
         auth_public_keys=_env("AUTH_JWT_PUBLIC_KEYS"),

@@ -98,10 +98,30 @@ async def _release_reset(conn: asyncpg.Connection) -> None:
         await conn.execute(conn.get_reset_query())
 
 
+class _Pool(asyncpg.Pool):
+    """A pool whose `acquire` gives up after `acquire_timeout` unless told otherwise.
+
+    With every connection held (a slow database, a lock queue, a burst beyond the pool), a
+    call would otherwise queue until its caller's deadline, or forever for a caller that set
+    none, and a consumer would sit on its fetch. Giving up raises TimeoutError, one of
+    UNAVAILABLE_ERRORS: the caller gets UNAVAILABLE and retries, the consumer waits.
+    """
+
+    def __init__(self, *args, acquire_timeout: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None):  # type: ignore[override]
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(dsn: str, schema: str, *, min_size: int = 2, max_size: int = 10,
-                      command_timeout: float = 10.0) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
+                      command_timeout: float = 10.0, acquire_timeout: float = 5.0) -> asyncpg.Pool:
+    # asyncpg.create_pool's own defaults, spelled out because the subclass is built directly.
+    return await _Pool(
         dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout,
+        acquire_timeout=acquire_timeout, max_queries=50000, max_inactive_connection_lifetime=300.0,
+        loop=None, connection_class=asyncpg.Connection, record_class=asyncpg.Record,
         # Bounded connect so a call fails fast with UNAVAILABLE while the database is down.
         timeout=5.0,
         server_settings={"search_path": f"{schema}, public", "application_name": schema},

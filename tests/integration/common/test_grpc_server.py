@@ -47,6 +47,19 @@ def _build(ctx):
     return app.ServiceParts(registrars=[register, _register_failing])
 
 
+def _build_busy(ctx):
+    async def busy(request: bytes, context) -> bytes:
+        # Holds the pool's only connection and asks for another: the pool is exhausted.
+        async with ctx.pool.acquire(), ctx.pool.acquire():
+            return b""
+
+    def register_busy(server):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(FAILING, {
+            "Busy": grpc.unary_unary_rpc_method_handler(busy)}),))
+        return [FAILING]
+    return app.ServiceParts(registrars=[register_busy])
+
+
 @pytest.fixture
 async def service(stack):
     metrics_port = free_port()
@@ -105,6 +118,24 @@ async def test_domain_errors_carry_rich_details(stack, service):
             await _call(channel, FAILING, "Boom")(b"", metadata=md)
         assert boom.value.code() == grpc.StatusCode.INTERNAL
         assert "a bug" not in boom.value.details()  # internals are logged, not returned
+
+
+async def test_an_exhausted_pool_answers_unavailable_within_the_acquire_timeout(stack):
+    async with running_service(stack, "referral", _build_busy, db_pool_min=1, db_pool_max=1,
+                               db_acquire_timeout=0.3) as svc:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as busy:
+                # A deadline far beyond the acquire timeout: the pool must give up first.
+                await _call(channel, FAILING, "Busy")(b"", metadata=stack.metadata("HOSP01", Role.REFERRAL_DESK),
+                                                      timeout=30)
+        assert busy.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_details_pb2.ErrorInfo()
+        assert rpc_status.from_call(busy.value).details[0].Unpack(info)
+        assert info.reason == "BACKEND_UNAVAILABLE"
+        # An explicit timeout still wins over the pool's default.
+        async with svc.ctx.pool.acquire():
+            with pytest.raises(TimeoutError):
+                await svc.ctx.pool.acquire(timeout=0.05)
 
 
 async def test_metrics_are_named_as_go_grpc_prometheus(stack, service):
