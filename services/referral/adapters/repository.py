@@ -411,11 +411,25 @@ class NewReferral:
     change: bytes                    # the change-log payload (WatchReferralsResponse)
 
 
+# Creates of one consortium take this lock first, so they never wait for each other halfway:
+# a create holds the unique entry of its request id while it waits for the episode row,
+# and a concurrent create of the same episode, holding that row, may be inserting the same
+# request id (a client's retry), which is a deadlock. Transitions never take it: they lock
+# what they change and then the consortium row, as a create does after this lock.
+_CREATES_LOCK = 0x5265_6643  # the advisory lock's first key, "ReFC": referral creates
+
+
+async def lock_creates(conn: asyncpg.Connection, consortium_id: str) -> None:
+    """Wait for the consortium's creates in flight; held to the end of the transaction."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _CREATES_LOCK, consortium_id)
+
+
 # One statement for any number of creates of one consortium: every row goes in as an array
 # element, and the rows of a create whose request id was already used are dropped by the
 # joins on `ins`. The consortium's row lock orders the change log's commits within a
 # consortium (see append_change); this statement is the whole transaction, so the lock is
-# held only to its commit, once for the whole batch.
+# held only to its commit, once for the whole batch. The creates lock comes before all of
+# it: `v` yields no row until `gate` has run.
 _REFERRAL_ARRAYS = ("text", "smallint", "smallint", "text", "text", "text", "smallint", "text", "text", "text",
                     "text", "text", "timestamptz", "timestamptz", "timestamptz", "timestamptz", "timestamptz",
                     "text")
@@ -428,10 +442,12 @@ def _arrays(start: int, types: tuple[str, ...]) -> str:
 
 _N = len(_REFERRAL_ARRAYS)
 _INSERT_NEW = f"""
-WITH v AS (
+WITH gate AS (SELECT pg_advisory_xact_lock({_CREATES_LOCK}, hashtext($1::text)) IS NULL AS taken),
+v AS (
     SELECT * FROM unnest({_arrays(2, _REFERRAL_ARRAYS)},
                          {_arrays(2 + _N, ("text", "bigint", "bigint", "timestamptz", "bytea"))})
-    WITH ORDINALITY AS v({', '.join(_V_COLUMNS)}, icd_category, add_fen, paid_before, now, change, n)),
+    WITH ORDINALITY AS v({', '.join(_V_COLUMNS)}, icd_category, add_fen, paid_before, now, change, n)
+    WHERE EXISTS (SELECT FROM gate)),
 ins AS (
     INSERT INTO referrals ({', '.join(_COLUMNS)})
     SELECT referral_id, $1::text, {', '.join(_V_COLUMNS[1:-1])}, 1, body::jsonb FROM v ORDER BY n

@@ -189,8 +189,9 @@ class ReferralService:
             except repo.EpisodeMoved:
                 # A concurrent create moved the same patient's episode total in between
                 # (nothing was written): again, in a transaction holding the episode row
-                # lock from the read to the commit.
+                # lock from the read to the commit, behind the consortium's other creates.
                 async with self.pool.acquire() as conn, conn.transaction():
+                    await repo.lock_creates(conn, prepared.referral.consortium_id)
                     prepared = await self._prepare_create(caller, cmd, locked=conn)
                     if isinstance(prepared, Referral):
                         return prepared
