@@ -62,6 +62,10 @@ class _Token:
     expires_at: float
 
 
+# Numbers WeChat writes without CDATA in its XML pushes.
+_BARE = frozenset({"CreateTime", "MsgID", "ErrorCode", "PopupScene"})
+
+
 class FakeWeChat(FakeVendorServer):
     def __init__(
         self,
@@ -78,7 +82,8 @@ class FakeWeChat(FakeVendorServer):
         self.appsecret = appsecret
         self.templates = templates
         self.token_ttl = token_ttl
-        self.refused: set[str] = set()
+        self.refused: set[str] = set()  # users who refuse every template of the account
+        self.refused_templates: set[tuple[str, str]] = set()  # (openid, template id) subscriptions gone
         self.rate = RateWindows(rate_windows or [(60, 20, "45009")])
         self.token_requests = 0
         self.forced_refreshes = 0
@@ -187,7 +192,7 @@ class FakeWeChat(FakeVendorServer):
                 return self._fail(47003, f"argument invalid! data.{key}.value is empty")
             if not value_ok(re.sub(r"\d+$", "", key), value):
                 return self._fail(47003, f"argument invalid! data.{key}.value invalid")
-        if openid in self.refused:
+        if openid in self.refused or (openid, body["template_id"]) in self.refused_templates:
             return self._fail(43101, "user refuse to accept the msg")
         limited = self.rate.check(openid, self.clock())
         if limited:
@@ -201,22 +206,48 @@ class FakeWeChat(FakeVendorServer):
         })
         return self._answer(0, "ok", msgid=msgid)
 
-    # -- send results, pushed to the account's server URL (subscribe_msg_sent_event) -------
+    # -- pushes to the account's server URL: send results and the users' choices -----------
 
     def sent_event(self, record: dict, *, error_code: int = 0, fmt: str = "xml") -> bytes:
         """The push WeChat makes once it knows whether an accepted message reached the user."""
         status = {0: "success", 43101: "failed:user refuse to accept the msg"}.get(error_code, "failed:system failed")
-        fields = {"ToUserName": f"gh_{self.appid[-12:]}", "FromUserName": record["openid"],
-                  "CreateTime": str(int(self.clock())), "MsgType": "event", "Event": "subscribe_msg_sent_event"}
         entry = {"TemplateId": record["template_id"], "MsgID": str(record["msgid"]),
                  "ErrorCode": str(error_code), "ErrorStatus": status}
+        return self._push(record["openid"], "subscribe_msg_sent_event", "SubscribeMsgSentEvent", [entry], fmt=fmt)
+
+    def user_chooses(self, openid: str, choices: dict[str, str], *, popup: bool = False, fmt: str = "xml",
+                     created: int | None = None) -> bytes:
+        """A user answers the subscribe pop-up (`popup`) or turns templates off in the
+        settings: {template id: "accept" | "reject"}. WeChat's state changes at once (a
+        rejected template is refused with 43101); returns the push that reports it."""
+        for template_id, status in choices.items():
+            if status == "reject":
+                self.refused_templates.add((openid, template_id))
+            else:
+                self.refused_templates.discard((openid, template_id))
+        entries = [{"TemplateId": t, "SubscribeStatusString": s, **({"PopupScene": "0"} if popup else {})}
+                   for t, s in choices.items()]
+        if popup:
+            return self._push(openid, "subscribe_msg_popup_event", "SubscribeMsgPopupEvent", entries, fmt=fmt,
+                              created=created)
+        return self._push(openid, "subscribe_msg_change_event", "SubscribeMsgChangeEvent", entries, fmt=fmt,
+                          created=created)
+
+    def _push(self, openid: str, event: str, parent: str, entries: list[dict], *, fmt: str,
+              created: int | None = None) -> bytes:
+        fields = {"ToUserName": f"gh_{self.appid[-12:]}", "FromUserName": openid,
+                  "CreateTime": str(int(self.clock()) if created is None else created), "MsgType": "event",
+                  "Event": event}
         if fmt == "json":
-            return json.dumps({**fields, "List": entry}, ensure_ascii=False).encode()
-        head = "".join(f"<{k}>{v}</{k}>" if k == "CreateTime" else f"<{k}><![CDATA[{v}]]></{k}>"
-                       for k, v in fields.items())
-        item = "".join(f"<{k}>{v}</{k}>" if k in ("MsgID", "ErrorCode") else f"<{k}><![CDATA[{v}]]></{k}>"
-                       for k, v in entry.items())
-        return f"<xml>{head}<SubscribeMsgSentEvent><List>{item}</List></SubscribeMsgSentEvent></xml>".encode()
+            # As WeChat does: a lone entry is an object, several an array.
+            return json.dumps({**fields, "List": entries[0] if len(entries) == 1 else entries},
+                              ensure_ascii=False).encode()
+
+        def xml(values: dict) -> str:
+            return "".join(f"<{k}>{v}</{k}>" if k in _BARE else f"<{k}><![CDATA[{v}]]></{k}>"
+                           for k, v in values.items())
+        items = "".join(f"<List>{xml(e)}</List>" for e in entries)
+        return f"<xml>{xml(fields)}<{parent}>{items}</{parent}></xml>".encode()
 
     async def push_event(self, url: str, token: str, body: bytes, *, timestamp: int | None = None,
                          nonce: str | None = None, signature: str | None = None) -> tuple[int, str]:

@@ -34,8 +34,6 @@ async def save_preferences(conn: asyncpg.Connection, patient_id: str, *, channel
            VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9, $10)
            ON CONFLICT (patient_id) DO UPDATE SET
              channels = EXCLUDED.channels,
-             wechat_refused_at = CASE WHEN EXCLUDED.wechat_openid IS DISTINCT FROM contacts.wechat_openid
-                                 THEN NULL ELSE contacts.wechat_refused_at END,
              wechat_openid = EXCLUDED.wechat_openid, consent = EXCLUDED.consent,
              opt_out_non_essential = EXCLUDED.opt_out_non_essential,
              urgent_ignores_quiet_hours = EXCLUDED.urgent_ignores_quiet_hours,
@@ -49,8 +47,14 @@ async def save_preferences(conn: asyncpg.Connection, patient_id: str, *, channel
         urgent_ignores_quiet_hours, set_by, ciphertext, mobile_hash, masked)
 
 
+# The WeChat templates a contact's openid has refused, as a column of a contacts query.
+_REFUSED_TEMPLATES = """ARRAY(SELECT w.template_id FROM wechat_template_choices w
+                             WHERE w.openid = c.wechat_openid AND NOT w.accepted) AS wechat_refused_templates"""
+
+
 async def contact_row(conn: asyncpg.Connection, patient_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT * FROM contacts WHERE patient_id = $1", patient_id)
+    return await conn.fetchrow(f"SELECT c.*, {_REFUSED_TEMPLATES} FROM contacts c WHERE c.patient_id = $1",
+                               patient_id)
 
 
 def contact_from(row: asyncpg.Record | None, patient_id: str) -> Contact:
@@ -58,15 +62,30 @@ def contact_from(row: asyncpg.Record | None, patient_id: str) -> Contact:
         return Contact(patient_id=patient_id)
     return Contact(
         patient_id=patient_id, has_mobile=bool(row["mobile_ciphertext"]),
-        wechat_openid=row["wechat_openid"] or "", wechat_refused=row["wechat_refused_at"] is not None,
+        wechat_openid=row["wechat_openid"] or "", wechat_refused_templates=frozenset(row["wechat_refused_templates"]),
         consent=row["consent"], opt_out_non_essential=row["opt_out_non_essential"],
         urgent_ignores_quiet_hours=row["urgent_ignores_quiet_hours"],
         channels=tuple(Channel(c) for c in row["channels"]))
 
 
-async def mark_wechat_refused(conn: asyncpg.Connection, patient_id: str, at: datetime) -> None:
-    await conn.execute("UPDATE contacts SET wechat_refused_at = $2, updated_at = now() WHERE patient_id = $1",
-                       patient_id, at)
+async def record_wechat_choices(conn: asyncpg.Connection, choices: Sequence[tuple[str, str, bool, datetime]]) -> None:
+    """(openid, template id, accepted, decided at) as WeChat reported them: the newest
+    decision per openid and template wins, whatever order they arrive in."""
+    latest: dict[tuple[str, str], tuple[str, str, bool, datetime]] = {}
+    for choice in choices:
+        key = choice[:2]
+        if key not in latest or latest[key][3] <= choice[3]:
+            latest[key] = choice
+    if not latest:
+        return
+    openids, templates, accepted, at = (list(column) for column in zip(*latest.values()))
+    await conn.execute(
+        """INSERT INTO wechat_template_choices (openid, template_id, accepted, decided_at)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::timestamptz[])
+           ON CONFLICT (openid, template_id) DO UPDATE SET accepted = EXCLUDED.accepted,
+                                                           decided_at = EXCLUDED.decided_at
+           WHERE wechat_template_choices.decided_at <= EXCLUDED.decided_at""",
+        openids, templates, accepted, at)
 
 
 # --------------------------------------------------------------------- routes
@@ -84,10 +103,6 @@ async def learn(conn: asyncpg.Connection, route: Route, sender_id: str, receiver
                mobile_ciphertext = COALESCE(EXCLUDED.mobile_ciphertext, contacts.mobile_ciphertext),
                mobile_hash = COALESCE(EXCLUDED.mobile_hash, contacts.mobile_hash),
                mobile_masked = COALESCE(EXCLUDED.mobile_masked, contacts.mobile_masked),
-               -- a new openid is a new subscription: an earlier refusal no longer applies
-               wechat_refused_at = CASE WHEN EXCLUDED.wechat_openid IS DISTINCT FROM contacts.wechat_openid
-                                         AND EXCLUDED.wechat_openid IS NOT NULL
-                                        THEN NULL ELSE contacts.wechat_refused_at END,
                wechat_openid = COALESCE(EXCLUDED.wechat_openid, contacts.wechat_openid),
                updated_at = now())
            INSERT INTO referral_routes (referral_id, patient_id, hospital_id, clinic_id, sender_id,
@@ -212,10 +227,10 @@ async def claim_due(conn: asyncpg.Connection, now: datetime, lease: timedelta, l
 
 async def load_for_send(conn: asyncpg.Connection, notification_id: uuid.UUID) -> asyncpg.Record:
     return await conn.fetchrow(
-        """SELECT n.*, c.mobile_ciphertext, c.mobile_hash AS contact_mobile_hash, c.wechat_openid,
-                  c.wechat_refused_at, c.consent, c.opt_out_non_essential, c.urgent_ignores_quiet_hours,
-                  c.channels AS contact_channels
-           FROM notifications n LEFT JOIN contacts c ON c.patient_id = n.recipient WHERE n.id = $1""",
+        f"""SELECT n.*, c.mobile_ciphertext, c.mobile_hash AS contact_mobile_hash, c.wechat_openid,
+                   {_REFUSED_TEMPLATES}, c.consent, c.opt_out_non_essential, c.urgent_ignores_quiet_hours,
+                   c.channels AS contact_channels
+            FROM notifications n LEFT JOIN contacts c ON c.patient_id = n.recipient WHERE n.id = $1""",
         notification_id)
 
 

@@ -54,7 +54,8 @@ class Contact:
     patient_id: str
     has_mobile: bool = False
     wechat_openid: str = ""
-    wechat_refused: bool = False
+    # WeChat template ids this openid has refused (rejected, or answered 43101 for)
+    wechat_refused_templates: frozenset[str] = frozenset()
     consent: bool = True
     opt_out_non_essential: bool = False
     urgent_ignores_quiet_hours: bool = True

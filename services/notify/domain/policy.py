@@ -57,13 +57,14 @@ def waits_for_quiet_hours(urgent: bool, contact: Contact) -> bool:
     return not (urgent and contact.urgent_ignores_quiet_hours)
 
 
-def choose_channels(contact: Contact, *, essential: bool) -> list[Channel] | SkipReason:
-    """Channels in the order to try; the first is used, the rest are fallbacks."""
+def choose_channels(contact: Contact, *, essential: bool, wechat_template: str) -> list[Channel] | SkipReason:
+    """Channels in the order to try; the first is used, the rest are fallbacks. WeChat is
+    usable when the patient has an openid that has not refused `wechat_template`."""
     if not contact.consent:
         return SkipReason.NO_CONSENT
     if not essential and contact.opt_out_non_essential:
         return SkipReason.OPTED_OUT
-    usable = {Channel.WECHAT: bool(contact.wechat_openid) and not contact.wechat_refused,
+    usable = {Channel.WECHAT: bool(contact.wechat_openid) and wechat_template not in contact.wechat_refused_templates,
               Channel.SMS: contact.has_mobile}
     # Unless the patient ordered otherwise, WeChat first: free, richer, and read in-app.
     order = list(contact.channels) or [Channel.WECHAT, Channel.SMS]

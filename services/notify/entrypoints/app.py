@@ -45,7 +45,7 @@ from services.notify.entrypoints.handlers import EventHandlers
 from services.notify.entrypoints.receipts_server import ReceiptsServer
 from services.notify.service_layer.dispatch import Channels, Dispatcher, DispatchSettings
 from services.notify.service_layer.notifications import Clock, NotifyConfig, system_clock
-from services.notify.service_layer.receipts import apply_receipts
+from services.notify.service_layer.receipts import apply_receipts, apply_wechat_choices
 
 
 def _f(s: Settings, name: str, default: float) -> float:
@@ -132,7 +132,8 @@ class NotifyApp:
         receipts = ReceiptsServer(on_receipts, port=int(_f(s, "RECEIPTS_PORT", 8080)), phone_hasher=phone_hash,
                                   wechat_token=s.get("WECHAT_EVENT_TOKEN", ""),
                                   # The same keyed hash as for numbers: receipt rows hold no openid.
-                                  openid_hasher=ctx.pii.lookup_hash)
+                                  openid_hasher=ctx.pii.lookup_hash,
+                                  on_wechat_choices=lambda choices: apply_wechat_choices(ctx.pool, choices))
         self.dispatcher, self.receipts, self.config = dispatcher, receipts, cfg
         servicer = NotifyServicer(ctx.pool, cfg, ctx.pii, on_new_delivery=dispatcher.wake)
         return ServiceParts(registrars=[servicer.register], subscriptions=[*handlers.subscriptions(), membership.subscription("notify-membership")],

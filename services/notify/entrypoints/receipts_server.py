@@ -18,8 +18,9 @@ log = get_logger(__name__)
 
 class ReceiptsServer:
     def __init__(self, on_receipts, *, port: int, host: str = "0.0.0.0", phone_hasher,
-                 wechat_token: str = "", openid_hasher=None) -> None:
+                 on_wechat_choices, wechat_token: str = "", openid_hasher=None) -> None:
         self._on_receipts = on_receipts
+        self._on_wechat_choices = on_wechat_choices
         self._wechat_token = wechat_token
         self._openid_hasher = openid_hasher
         self._host = host
@@ -34,7 +35,8 @@ class ReceiptsServer:
         recent = RecentKeys(50_000)
         app.add_routes(receipt_routes(self._on_receipts, phone_hasher=self._hasher, recent=recent))
         if self._wechat_token:
-            app.add_routes(wechat_event_routes(self._on_receipts, token=self._wechat_token,
+            app.add_routes(wechat_event_routes(self._on_receipts, on_choices=self._on_wechat_choices,
+                                               token=self._wechat_token,
                                                openid_hasher=self._openid_hasher or self._hasher, recent=recent))
         app.add_routes([web.get("/healthz", _healthz)])
         return app

@@ -31,7 +31,6 @@ from services.notify.service_layer.notifications import NotifyConfig, derived_id
 
 log = get_logger(__name__)
 
-WECHAT_REFUSED = "43101"  # WeChat's code for a user who refuses the account's messages
 
 # What an operator watches: a vendor refusing or failing, messages not reaching patients.
 # Counted as applied: a batch whose transaction fails and that the vendor pushes again
@@ -151,7 +150,8 @@ class Dispatcher:
         mobile_hash = None
         if channel is Channel.WECHAT:
             client = self._channels.wechat
-            if client is None or not n["wechat_openid"] or n["wechat_refused_at"] is not None:
+            if (client is None or not n["wechat_openid"]
+                    or tpl.wechat.template_id in n["wechat_refused_templates"]):
                 await self._record(d, n, SendOutcome(SendStatus.PERMANENT, "NO_WECHAT", detail="no usable subscription"))
                 return
             message = WeChatMessage(openid=n["wechat_openid"], template_id=tpl.wechat.template_id,
@@ -224,7 +224,9 @@ class Dispatcher:
                         self.wake()
                 return
             if outcome.status is SendStatus.USER_REFUSED:
-                await repo.mark_wechat_refused(conn, n["recipient"], now)
+                # This template's subscription is gone; the patient's other templates stay on WeChat.
+                template_id = self._cfg.catalogue.get(n["template"]).wechat.template_id
+                await repo.record_wechat_choices(conn, [(n["wechat_openid"], template_id, False, now)])
             if outcome.status is SendStatus.RETRYABLE and not self._s.retry.exhausted(d["attempts"]):
                 due = now + self._s.retry.delay(d["attempts"], self._rng)
                 if not (n["urgent"]) and self._cfg.quiet.contains(due):
@@ -273,18 +275,16 @@ def next_channel(n: asyncpg.Record, d: asyncpg.Record) -> Channel | None:
 async def settle_by_receipt(conn, d: asyncpg.Record, delivered: bool, code: str, at: datetime, now: datetime,
                             cfg: NotifyConfig) -> tuple[bool, Channel | None]:
     """A vendor's verdict on a sent delivery: DELIVERED; or, undelivered, a delivery on the
-    plan's next channel (FELL_BACK); or FAILED and the clinic told, so a person calls. A
-    WeChat user's refusal (43101) also stops WeChat for that patient, as when the send
-    itself is refused. Returns whether the delivery changed, and the channel it fell back to
-    (for the dispatcher to be woken)."""
+    plan's next channel (FELL_BACK); or FAILED and the clinic told, so a person calls.
+    Returns whether the delivery changed, and the channel it fell back to (for the
+    dispatcher to be woken). A WeChat refusal (43101) reported this way is recorded by the
+    push that carries it (wechat_events), with the openid and template it names."""
     if delivered:
         moved = await repo.apply_receipt(conn, d["id"], DeliveryStatus.DELIVERED, code, at)
         if moved:
             REPORTS.labels(d["vendor"], "delivered").inc()
         return moved, None
     n = await conn.fetchrow("SELECT * FROM notifications WHERE id = $1", d["notification_id"])
-    if d["channel"] == Channel.WECHAT.value and code == WECHAT_REFUSED:
-        await repo.mark_wechat_refused(conn, n["recipient"], now)
     after = next_channel(n, d)
     if not await repo.apply_receipt(conn, d["id"], DeliveryStatus.FELL_BACK if after else DeliveryStatus.FAILED,
                                     code, at):

@@ -59,7 +59,7 @@ async def create_notification(conn: asyncpg.Connection, cfg: NotifyConfig, *, ev
     tpl = cfg.catalogue.get(message.template)
     rendered = render(tpl, message.values)
     urgent = message.urgent or tpl.urgent
-    choice = choose_channels(contact, essential=tpl.essential)
+    choice = choose_channels(contact, essential=tpl.essential, wechat_template=tpl.wechat.template_id)
     channels = [] if isinstance(choice, SkipReason) else [c for c in choice if c in cfg.available]
     skip: SkipReason | None = choice if isinstance(choice, SkipReason) else None
     if skip is None and not channels:

@@ -1,17 +1,24 @@
-"""Use case: vendor delivery receipts settle SENT deliveries (delivered, fell back or failed), once."""
+"""Use cases: vendor delivery receipts settle SENT deliveries (delivered, fell back or failed),
+once; WeChat users' template choices decide which templates WeChat may still carry."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.common.logging import get_logger
 from services.notify.adapters import repository as repo
-from services.notify.adapters.channels import Receipt
+from services.notify.adapters.channels import Receipt, TemplateChoice
 from services.notify.service_layer.dispatch import settle_by_receipt
 from services.notify.service_layer.notifications import NotifyConfig
 
 log = get_logger(__name__)
+
+# A template many patients turn off is a template (or a message) to look at again.
+CHOICES = Counter("notify_wechat_template_choices_total",
+                  "WeChat users' choices per template: accepted, or refused (rejected, or 43101).",
+                  ("template_id", "choice"))
 
 
 async def apply_receipts(pool: asyncpg.Pool, receipts: list[Receipt], cfg: NotifyConfig,
@@ -41,3 +48,12 @@ async def apply_receipts(pool: asyncpg.Pool, receipts: list[Receipt], cfg: Notif
     if fell_back:
         on_fallback()
     return changed
+
+
+async def apply_wechat_choices(pool: asyncpg.Pool, choices: list[TemplateChoice]) -> None:
+    """Refusals and acceptances, per openid and template; a message already planned for a
+    template refused since is sent by SMS when its turn comes (dispatch checks again)."""
+    async with pool.acquire() as conn:
+        await repo.record_wechat_choices(conn, [(c.openid, c.template_id, c.accepted, c.decided_at) for c in choices])
+    for c in choices:
+        CHOICES.labels(c.template_id, "accepted" if c.accepted else "refused").inc()

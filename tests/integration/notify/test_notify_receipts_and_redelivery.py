@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from referral.v1 import events_pb2 as ref_ev
 from tests.fakes.sandbox import WECHAT_EVENT_TOKEN
 
-from .notify_support import Patient, Referral, eventually, new_openid, notify_service, publish, vendor_env
+from .notify_support import Patient, Referral, eventually, local, new_openid, notify_service, publish, vendor_env
 
 
 def _count(name: str, **labels) -> float:
@@ -100,7 +100,6 @@ async def _inbox_seen(db, event_id):
 async def test_scheduling_event_before_its_referral_waits_for_it(stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
     ref = Referral(Patient(stack))
-    from .notify_support import local
     async with notify_service(stack, monkeypatch, vendor_env(*vendors)):
         await publish(broker, ref.scheduled([ref.item(local(2033, 1, 5, 9, 0))]), ref)
         await asyncio.sleep(0.8)
@@ -155,8 +154,8 @@ async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypat
     assert len(rows) == 1 and rows[0]["delivery_id"] == first["id"] and record["openid"] not in rows[0]["phone_hash"]
 
 
-async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_wechat(stack, monkeypatch, vendors, broker,
-                                                                               db):
+async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_that_template(stack, monkeypatch, vendors,
+                                                                                     broker, db):
     wechat, aliyun, _ = vendors
     before = (_count("notify_fallbacks_total", from_channel="wechat", to_channel="sms", cause="report"),
               _count("notify_delivery_reports_total", vendor="wechat", verdict="undelivered"),
@@ -181,6 +180,41 @@ async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_wechat(s
              _count("notify_sends_total", channel="sms", vendor="aliyun", outcome="sent"))
     assert after == (before[0] + 1, before[1] + 1, before[2] + 2)
     assert len(wechat.accepted) == 1  # the refusal is remembered: WeChat is not tried again
+    assert await db.fetchval("SELECT accepted FROM notify.wechat_template_choices WHERE openid = $1 "
+                             "AND template_id = 'wx-tmpl-referral-status'", ref.patient.openid) is False
     # Another channel took over, so the clinic is not asked to call.
     assert await db.fetchval("SELECT count(*) FROM notify.outbox WHERE aggregate_id = $1 "
                              "AND event_type = 'notify.v1.PatientNotificationFailed'", ref.referral_id) == 0
+
+
+async def test_wechat_template_choices_steer_each_template_and_the_newest_wins(stack, monkeypatch, vendors, broker,
+                                                                             db):
+    wechat, aliyun, _ = vendors
+    refused = _count("notify_wechat_template_choices_total", template_id="wx-tmpl-referral-status", choice="refused")
+    async with _sent_on_wechat(stack, monkeypatch, vendors, broker, db) as (ref, url):
+        openid, status_tmpl = ref.patient.openid, "wx-tmpl-referral-status"
+        assert wechat.accepted[0]["template_id"] == status_tmpl
+        # In WeChat's settings the patient turns off the referral-status messages only.
+        turned_off = int(time.time()) - 60
+        body = wechat.user_chooses(openid, {status_tmpl: "reject"}, created=turned_off)
+        assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, body) == (200, "success")
+        await publish(broker, ref_ev.ReferralReturned(referral=ref.snapshot(), reason="请补充检查结果"), ref)
+        await eventually(lambda: len(aliyun.accepted) == 1)  # that template: straight to SMS
+        await publish(broker, ref.scheduled([ref.item(local(2033, 1, 5, 9, 0))]), ref)
+        await eventually(lambda: len(wechat.accepted) == 2)  # another template: still WeChat
+        # Later the patient accepts it again in the pop-up; WeChat then pushes the older
+        # settings change once more (its retry), which must not undo the newer choice.
+        accept = wechat.user_chooses(openid, {status_tmpl: "accept", "wx-tmpl-reminder": "accept"}, popup=True,
+                                     fmt="json")
+        assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, accept) == (200, "success")
+        assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, body) == (200, "success")
+        await publish(broker, ref_ev.ReferralCancelled(referral=ref.snapshot(), reason="患者要求"), ref)
+        await eventually(lambda: len(wechat.accepted) == 3)
+    assert [r["template_id"] for r in wechat.accepted] == [status_tmpl, "wx-tmpl-appointment", status_tmpl]
+    assert [r["template_code"] for r in aliyun.accepted] == ["SMS_470000102"]
+    assert wechat.rejected == []  # no send was refused: every refusal was known before sending
+    choices = {r["template_id"]: r["accepted"] for r in await db.fetch(
+        "SELECT template_id, accepted FROM notify.wechat_template_choices WHERE openid = $1", openid)}
+    assert choices == {status_tmpl: True, "wx-tmpl-reminder": True}
+    # Counted as pushed: the settings change twice (WeChat's retry), the acceptance once.
+    assert _count("notify_wechat_template_choices_total", template_id=status_tmpl, choice="refused") == refused + 2

@@ -40,18 +40,23 @@ def test_quiet_hours_parsing():
 
 
 def test_channel_choice_follows_subscription_consent_and_preferences():
+    def choose(contact: Contact, essential: bool = True, template: str = "wx-tmpl-appointment"):
+        return choose_channels(contact, essential=essential, wechat_template=template)
     both = Contact("P", has_mobile=True, wechat_openid="o" * 28)
-    assert choose_channels(both, essential=True) == [Channel.WECHAT, Channel.SMS]
-    assert choose_channels(Contact("P", has_mobile=True), essential=True) == [Channel.SMS]
-    refused = Contact("P", has_mobile=True, wechat_openid="o" * 28, wechat_refused=True)
-    assert choose_channels(refused, essential=True) == [Channel.SMS]
+    assert choose(both) == [Channel.WECHAT, Channel.SMS]
+    assert choose(Contact("P", has_mobile=True)) == [Channel.SMS]
+    # A refusal is per template: the patient keeps WeChat for the templates still accepted.
+    refused = Contact("P", has_mobile=True, wechat_openid="o" * 28,
+                      wechat_refused_templates=frozenset({"wx-tmpl-appointment"}))
+    assert choose(refused) == [Channel.SMS]
+    assert choose(refused, template="wx-tmpl-reminder") == [Channel.WECHAT, Channel.SMS]
     sms_first = Contact("P", has_mobile=True, wechat_openid="o" * 28, channels=(Channel.SMS,))
-    assert choose_channels(sms_first, essential=True) == [Channel.SMS]
-    assert choose_channels(Contact("P", has_mobile=True, consent=False), essential=True) is SkipReason.NO_CONSENT
+    assert choose(sms_first) == [Channel.SMS]
+    assert choose(Contact("P", has_mobile=True, consent=False)) is SkipReason.NO_CONSENT
     opted = Contact("P", has_mobile=True, opt_out_non_essential=True)
-    assert choose_channels(opted, essential=False) is SkipReason.OPTED_OUT
-    assert choose_channels(opted, essential=True) == [Channel.SMS]
-    assert choose_channels(Contact("P"), essential=True) is SkipReason.NO_CONTACT
+    assert choose(opted, essential=False) is SkipReason.OPTED_OUT
+    assert choose(opted) == [Channel.SMS]
+    assert choose(Contact("P")) is SkipReason.NO_CONTACT
 
 
 def test_caps_defer_below_vendor_limits():

@@ -24,7 +24,7 @@ from .receipts import (
 )
 from .tencent_sms import TencentSmsChannel
 from .wechat import StableTokenCache, WeChatSubscribeChannel, validate_subscribe_data
-from .wechat_events import parse_wechat_push, wechat_event_routes
+from .wechat_events import TemplateChoice, WeChatPush, parse_wechat_push, wechat_event_routes
 
 __all__ = [
     "AliyunSmsChannel",
@@ -36,8 +36,10 @@ __all__ = [
     "SendStatus",
     "SmsMessage",
     "StableTokenCache",
+    "TemplateChoice",
     "TencentSmsChannel",
     "Vendor",
+    "WeChatPush",
     "WeChatMessage",
     "WeChatSubscribeChannel",
     "WeChatTarget",
