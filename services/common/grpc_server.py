@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
 from services.common import auth, db
-from services.common.errors import (DomainError, FieldViolation, InvalidArgument, Unauthenticated, Unavailable,
-                                    to_rpc_status)
+from services.common.errors import (Aborted, DomainError, FieldViolation, InvalidArgument, Unauthenticated,
+                                    Unavailable, to_rpc_status)
 from services.common.logging import get_logger
 
 log = get_logger("grpc")
@@ -80,6 +80,10 @@ def _as_domain_error(exc: BaseException) -> DomainError | None:
         return InvalidArgument(FieldViolation("request", "contains a character that cannot be stored (e.g. NUL)"))
     if isinstance(exc, db.UNAVAILABLE_ERRORS):
         return Unavailable("a backing service is unavailable, retry later", reason="BACKEND_UNAVAILABLE")
+    if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
+        # A deadlock or serialization failure PostgreSQL resolved by rolling this call back:
+        # nothing was written, and the same call again is expected to succeed.
+        return Aborted("并发操作冲突，未做任何修改，请重试", reason="CONCURRENT_MODIFICATION")
     return None
 
 

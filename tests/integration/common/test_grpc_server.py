@@ -3,6 +3,7 @@ import asyncio
 import signal
 import urllib.request
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -30,6 +31,10 @@ async def _boom(request: bytes, context) -> bytes:
     raise ZeroDivisionError("a bug")
 
 
+async def _deadlock(request: bytes, context) -> bytes:
+    raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+
+
 async def _precondition(request: bytes, context) -> bytes:
     raise errors.FailedPrecondition("referral is COMPLETED; cannot accept", reason="ILLEGAL_TRANSITION")
 
@@ -39,6 +44,7 @@ def _register_failing(server):
         "Invalid": grpc.unary_unary_rpc_method_handler(_invalid),
         "Boom": grpc.unary_unary_rpc_method_handler(_boom),
         "Precondition": grpc.unary_unary_rpc_method_handler(_precondition),
+        "Deadlock": grpc.unary_unary_rpc_method_handler(_deadlock),
     }),))
     return [FAILING]
 
@@ -113,6 +119,11 @@ async def test_domain_errors_carry_rich_details(stack, service):
             await _call(channel, FAILING, "Precondition")(b"", metadata=md)
         assert pre.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "COMPLETED" in pre.value.details()
+
+        # PostgreSQL rolled the call back to break a deadlock: retry it, not a bug report.
+        with pytest.raises(grpc.aio.AioRpcError) as deadlock:
+            await _call(channel, FAILING, "Deadlock")(b"", metadata=md)
+        assert deadlock.value.code() == grpc.StatusCode.ABORTED
 
         with pytest.raises(grpc.aio.AioRpcError) as boom:
             await _call(channel, FAILING, "Boom")(b"", metadata=md)
