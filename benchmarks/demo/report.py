@@ -20,6 +20,13 @@ SEGMENTS = (("booked", "#2b8a3e"), ("released", "#1971c2"), ("wasted", "#e03131"
 URGENCY_COLOURS = ("#e03131", "#f08c00", "#1971c2")
 
 
+def _duration(hours: float) -> str:
+    seconds = hours * 3600
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{hours:.1f} h"
+
+
 def _pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:5.1f} %" if whole else "    - "
 
@@ -53,8 +60,8 @@ def text_report(result: DayResult, elapsed: float) -> str:
          f"  up 上转 {st.up_count:4d}   down 下转 {st.down_count:4d}   kept inside 县域内就诊 {st.kept_inside_share:.1%}"
          f"   rejected {st.rejected_share:.1%}   returned {st.returned_share:.1%}   no-show 爽约 {st.no_show_share:.1%}",
          "  up-referrals by final state: " + ", ".join(f"{k} {v}" for k, v in sorted(up_states.items())),
-         f"  acceptance (submit->accept) median {st.acceptance.median_hours * 60:.1f} min,"
-         f" scheduling (accept->booked) median {st.scheduling.median_hours * 3600:.1f} s", "",
+         f"  acceptance (submit->accept) median {_duration(st.acceptance.median_hours)},"
+         f" scheduling (accept->booked) median {_duration(st.scheduling.median_hours)}", "",
          "Time to appointment 转诊到就诊 (hours, by urgency)",
          f"  {'urgency':<16}{'booked':>7}{'median':>9}{'p90':>9}{'max':>9}"]
     waits = waits_by_urgency(result)

@@ -114,7 +114,8 @@ async def stats(svc: ReferralService, caller: Caller, consortium_id: str, start:
         departments = await conn.fetch(_GROUP_SQL.format(key="department"), consortium_id, frm, to)
 
     def hours(seconds) -> float:
-        return round((seconds or 0.0) / 3600, 2)
+        # Not rounded: a scheduler answering in 0.2 s would read as 0.00 h.
+        return (seconds or 0.0) / 3600
 
     return api.ReferralStats(
         consortium=f"consortiums/{consortium_id}", up_count=row["up_count"], down_count=row["down_count"],
