@@ -108,10 +108,13 @@ async def load_demo(address: str, token_for: Callable[[str, Role | str], str]) -
     beds = (("authorization", f"Bearer {token_for(HOSPITAL, Role.BED_MANAGER)}"),)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.SchedulingServiceStub(channel)
-        for kind, hours in ((pb.RESOURCE_TYPE_OUTPATIENT, 48), (pb.RESOURCE_TYPE_EXAM, 24)):
+        # Reserved places go back 24 h before their session. Not 48 h: an urgent referral must
+        # be booked within 2 days, and then one accepted in the afternoon would find every
+        # reserved consultation inside its window already released.
+        for kind in (pb.RESOURCE_TYPE_OUTPATIENT, pb.RESOURCE_TYPE_EXAM):
             await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=pb.ReservationPolicy(
                 hospital_id=HOSPITAL, resource_type=kind, reserved_share=0.3, expert_floor_share=0.3,
-                release_hours=hours, early_release_days=14,
+                release_hours=24, early_release_days=14,
                 clinic_quotas=[pb.ClinicQuota(clinic_id=c, places=40) for c in CLINICS])), metadata=desk)
         all_sessions = sessions(today)
         for i in range(0, len(all_sessions), 200):
