@@ -55,6 +55,21 @@ async def released_bed_nights(conn, hospital_id: str, first: date, last: date) -
                             "WHERE b.hospital_id = $1 AND r.night BETWEEN $2 AND $3", hospital_id, first, last)
 
 
+async def released_reserved_places(conn, hospital_id: str, resource_type: str, what: str, days: list[date],
+                                   after: datetime) -> bool:
+    """Whether reserved places of `what` (a department, or an exam modality) starting after
+    `after` on one of `days` went back to the general pool at their release deadline."""
+    return await conn.fetchval("""
+        SELECT EXISTS (
+          SELECT 1 FROM slot_places p JOIN slots s USING (slot_id)
+            LEFT JOIN sessions se ON se.session_id = s.session_id
+            LEFT JOIN exam_channels c ON c.channel_id = s.channel_id
+           WHERE s.hospital_id = $1 AND s.resource_type = $2 AND p.pool = 'reserved' AND p.released_at IS NOT NULL
+             AND coalesce(se.department, c.modality) = $3 AND s.start_at > $4
+             AND (s.start_at AT TIME ZONE 'Asia/Shanghai')::date = ANY($5::date[]))""",
+        hospital_id, resource_type, what, after, days)
+
+
 async def beds(conn, hospital_id: str) -> list[asyncpg.Record]:
     return await conn.fetch("""
         SELECT b.bed_id, b.pool, b.status, b.expected_discharge, b.room_id, r.capacity, r.gender_policy,

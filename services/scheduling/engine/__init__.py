@@ -97,6 +97,7 @@ from .model import (
     Title,
     Urgency,
     Weights,
+    deadline_day,
 )
 from .pas import PasInstance, PasResult, parse_pas, score_pas, solve_pas, solve_pas_greedy
 from .solution import TERMS, ItemAssignment, ReasonCode, Solution, Status, UnplacedReferral
@@ -135,6 +136,7 @@ __all__ = [
     "UnplacedReferral",
     "Urgency",
     "Weights",
+    "deadline_day",
     "parse_pas",
     "score_pas",
     "solve",

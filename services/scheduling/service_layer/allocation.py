@@ -178,6 +178,27 @@ async def _waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: 
 _DEADLINE_REASONS = (engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE, engine.ReasonCode.ORDER_INFEASIBLE,
                      engine.ReasonCode.NO_PATIENT_DAY_BEFORE_DEADLINE)
 
+# Reasons "no slot of this kind before the deadline", by the kind of slot.
+_SLOT_REASONS = {engine.ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE: "outpatient",
+                 engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE: "exam"}
+RELEASED_NOTE = "；这些日期的预留号源已过释放时限、退回普通号池，可请医院从普通号源加号。"
+
+
+async def _released_in_window(conn, hospital_id: str, problem: engine.Problem, referral: engine.Referral,
+                              why: engine.UnplacedReferral, horizon: ea.Horizon, now: datetime) -> bool:
+    """Whether the reserved places the referral needed inside its window were there but had
+    gone back to the general pool: the desk can then still book from it, and a release
+    deadline longer than an urgency's window shows up here first."""
+    kind = _SLOT_REASONS.get(why.reason)
+    if kind is None:
+        return False
+    what = next((c.department for c in referral.all_consultations() if c.item_id == why.item_id), None) \
+        or next((e.modality for e in referral.exams if e.item_id == why.item_id), None)
+    last = engine.deadline_day(problem, referral)
+    days = [horizon.date(d) for d in referral.available_days if referral.accepted_day <= d <= last]
+    return bool(what and days) and await repo.released_reserved_places(conn, hospital_id, kind, what, days, now)
+
+
 NOTHING_TO_BOOK = "所需检查均有互认的既往结果，无需另行预约；请携带既往检查结果前来就诊或等待医院联系"
 NO_CAPACITY = ("CAPACITY_TAKEN", "号源已被其他转诊占用，已进入候补队列")
 
@@ -210,13 +231,15 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
             text = demand.verdict.contraindication_text()
             await _waitlist(conn, snapshot, exam_rules.CONTRAINDICATED, text, request_id, first_time)
             return Outcome(rid, reason_code=exam_rules.CONTRAINDICATED, reason=text)
-        solution = await sched.solve(ea.problem(horizon, capacity, [demand],
-                                                quotas=await _quotas(conn, snapshot.hospital_id)))
+        problem = ea.problem(horizon, capacity, [demand], quotas=await _quotas(conn, snapshot.hospital_id))
+        solution = await sched.solve(problem)
         if rid not in solution.placed_referral_ids() and rid in solution.unplaced_by_id():
             why = solution.unplaced_by_id()[rid]
             code, text = why.reason.value, why.text_zh
             if demand.verdict.unmet and why.reason in _DEADLINE_REASONS:
                 code, text = exam_rules.PREPARATION_UNMET, demand.verdict.unmet_text()
+            elif await _released_in_window(conn, snapshot.hospital_id, problem, demand.referral, why, horizon, now):
+                text = text.rstrip("。") + RELEASED_NOTE
             await _waitlist(conn, snapshot, code, text, request_id, first_time)
             return Outcome(rid, reason_code=code, reason=text)
         try:

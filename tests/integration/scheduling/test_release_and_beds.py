@@ -13,7 +13,7 @@ from services.scheduling.service_layer import jobs
 
 from tests.support.membership import publish_members, wait_members
 
-from .conftest import admission, pdate, referral, session, timedelta, today
+from .conftest import admission, consultation, pdate, referral, session, timedelta, today, types_pb2
 
 
 async def test_unbooked_reserved_places_are_released_at_the_deadline(stack, app, stub, events, hospital):
@@ -56,6 +56,30 @@ async def test_unbooked_reserved_places_are_released_at_the_deadline(stack, app,
         metadata=stack.metadata(clinic, Role.CLINIC_DOCTOR))
     assert sum(s.free_places for s in listed.slots) == 3
     assert all(s.start_time.ToDatetime().date() >= later - timedelta(days=1) for s in listed.slots)
+
+
+async def test_a_waitlist_reason_says_when_the_window_s_reserved_places_were_released(stack, app, stub, hospital):
+    """An urgent referral must be booked within 2 days; the hospital returns reserved
+    places 24 h ahead. With its only session's places already back in the general pool,
+    the referral is waitlisted, and the reason tells the desk that, not just "no slot"."""
+    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
+    await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=pb.ReservationPolicy(
+        hospital_id=hospital, resource_type=pb.RESOURCE_TYPE_OUTPATIENT, reserved_share=0.3, release_hours=24)),
+        metadata=desk)
+    day = today() + timedelta(days=2)
+    await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
+        session(f"{hospital}-S1", day, total=10, reserved=3, start="08:00", end="09:00")]), metadata=desk)
+    service = stack.metadata("scheduler", Role.SERVICE)
+    # The release job as it runs 23 h before the session.
+    assert await jobs.release_due(app.ctx.pool, calendar.at(day, 8 * 60) - timedelta(hours=23), hospital) == 3
+    urgent = await stub.AllocateReferral(pb.AllocateReferralRequest(
+        referral=referral(hospital, urgency=types_pb2.URGENCY_URGENT, dates=[day])), metadata=service)
+    assert urgent.waitlisted and urgent.reason_code == "NO_CONSULTATION_SLOT_BEFORE_DEADLINE"
+    assert "退回普通号池" in urgent.reason
+    # Another department had nothing released: its reason stays the plain one.
+    other = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=referral(
+        hospital, consultation("neurology"), urgency=types_pb2.URGENCY_URGENT, dates=[day])), metadata=service)
+    assert other.waitlisted and "退回普通号池" not in other.reason
 
 
 async def _ward(stub, stack, hospital, status_md):
