@@ -419,9 +419,15 @@ class NewReferral:
 _CREATES_LOCK = 0x5265_6643  # the advisory lock's first key, "ReFC": referral creates
 
 
+def _take_creates_lock(consortium: str) -> str:
+    """SQL taking the creates lock of the consortium that the SQL expression `consortium`
+    names: one spelling of the key for every statement that takes it."""
+    return f"pg_advisory_xact_lock({_CREATES_LOCK}, hashtext({consortium}::text))"
+
+
 async def lock_creates(conn: asyncpg.Connection, consortium_id: str) -> None:
     """Wait for the consortium's creates in flight; held to the end of the transaction."""
-    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _CREATES_LOCK, consortium_id)
+    await conn.execute(f"SELECT {_take_creates_lock('$1')}", consortium_id)
 
 
 # One statement for any number of creates of one consortium: every row goes in as an array
@@ -442,7 +448,7 @@ def _arrays(start: int, types: tuple[str, ...]) -> str:
 
 _N = len(_REFERRAL_ARRAYS)
 _INSERT_NEW = f"""
-WITH gate AS (SELECT pg_advisory_xact_lock({_CREATES_LOCK}, hashtext($1::text)) IS NULL AS taken),
+WITH gate AS (SELECT {_take_creates_lock('$1')} IS NULL AS taken),
 v AS (
     SELECT * FROM unnest({_arrays(2, _REFERRAL_ARRAYS)},
                          {_arrays(2 + _N, ("text", "bigint", "bigint", "timestamptz", "bytea"))})
