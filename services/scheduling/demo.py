@@ -108,9 +108,7 @@ async def load_demo(address: str, token_for: Callable[[str, Role | str], str]) -
     beds = (("authorization", f"Bearer {token_for(HOSPITAL, Role.BED_MANAGER)}"),)
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.SchedulingServiceStub(channel)
-        # Reserved places go back 24 h before their session. Not 48 h: an urgent referral must
-        # be booked within 2 days, and then one accepted in the afternoon would find every
-        # reserved consultation inside its window already released.
+        # Reserved places go back 24 h before their session (the default, and what beds keep).
         for kind in (pb.RESOURCE_TYPE_OUTPATIENT, pb.RESOURCE_TYPE_EXAM):
             await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=pb.ReservationPolicy(
                 hospital_id=HOSPITAL, resource_type=kind, reserved_share=0.3, expert_floor_share=0.3,

@@ -10,7 +10,18 @@ import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+from services.scheduling.engine import Deadlines
+
 RESOURCE_TYPES = ("outpatient", "exam", "bed")
+
+# An urgent referral must be booked within this many hours of its acceptance (the engine's
+# hard deadline). Reserved capacity that goes back to the general pool this long or longer
+# before it starts is never inside an urgent referral's window: such a policy reserves for
+# routine referrals only, so it is refused.
+URGENT_WINDOW_HOURS = 24 * Deadlines().urgent_days
+# Half the urgent window: an urgent referral accepted at any hour still finds the reserved
+# capacity of the second half of its window.
+DEFAULT_RELEASE_HOURS = URGENT_WINDOW_HOURS // 2
 
 
 @dataclass(frozen=True)
@@ -19,7 +30,7 @@ class ReservationPolicy:
     resource_type: str
     reserved_share: float = 0.30
     expert_floor_share: float = 0.0
-    release_hours: int = 48
+    release_hours: int = DEFAULT_RELEASE_HOURS
     early_release_days: int = 14
     clinic_quotas: dict[str, int] = field(default_factory=dict)
     public_release_days: int = 0

@@ -5,7 +5,7 @@ T - release_hours (the hospital's outpatient / exam policy).
 
 Beds: night N of a reserved-pool bed starts at the admission time of day N (09:00 local,
 ``rendering.ADMIT_MINUTE``); if no booking holds that bed-night at N's start -
-release_hours (the hospital's bed policy, default 48 h), it is released to the general
+release_hours (the hospital's bed policy, default 24 h), it is released to the general
 pool: a row in bed_night_releases and one CapacityReleased (resource_type "bed") per bed
 and run, naming the nights. Only nights the bed board offers are released (an occupied
 bed before its expected discharge, a cleaning or blocked bed is in use, not idle
@@ -25,9 +25,8 @@ from services.common import outbox
 from services.scheduling.adapters import repository as repo
 from services.scheduling.domain import calendar
 from services.scheduling.domain.beds import BedStatus, first_bookable_night
+from services.scheduling.domain.policy import DEFAULT_RELEASE_HOURS
 from services.scheduling.service_layer.rendering import ADMIT_MINUTE, ts
-
-DEFAULT_RELEASE_HOURS = 48
 
 _DUE = """
     SELECT p.slot_id, p.place_no, s.hospital_id, s.resource_type, s.start_at,

@@ -15,7 +15,7 @@ from services.common.errors import FailedPrecondition, Violations
 from services.scheduling.adapters import repository as repo
 from services.scheduling.domain import calendar, preparation
 from services.scheduling.domain.policy import (
-    MIN_OUTPATIENT_SHARE, ReservationPolicy, default_policy, distribute, spread)
+    MIN_OUTPATIENT_SHARE, URGENT_WINDOW_HOURS, ReservationPolicy, default_policy, distribute, spread)
 
 ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 RESOURCE = {pb.RESOURCE_TYPE_OUTPATIENT: "outpatient", pb.RESOURCE_TYPE_EXAM: "exam", pb.RESOURCE_TYPE_BED: "bed"}
@@ -65,7 +65,9 @@ def validate_policy(p: pb.ReservationPolicy) -> None:
         v.check(p.reserved_share >= MIN_OUTPATIENT_SHARE, "policy.reserved_share",
                 f"门诊号源预留比例不得低于{int(MIN_OUTPATIENT_SHARE * 100)}%")
     v.check(0 <= p.expert_floor_share <= 1, "policy.expert_floor_share", "须在0到1之间")
-    v.check(0 <= p.release_hours <= 24 * 30, "policy.release_hours", "须在0到720小时之间")
+    v.check(0 <= p.release_hours < URGENT_WINDOW_HOURS, "policy.release_hours",
+            f"须在0到{URGENT_WINDOW_HOURS - 1}小时之间：加急转诊须在{URGENT_WINDOW_HOURS}小时内安排，"
+            f"提前{URGENT_WINDOW_HOURS}小时或更早释放的预留资源加急转诊一个也用不上")
     v.check(0 <= p.early_release_days <= 60, "policy.early_release_days", "须在0到60天之间")
     v.check(0 <= p.public_release_days <= 60, "policy.public_release_days", "须在0到60天之间")
     seen = set()

@@ -35,6 +35,14 @@ async def test_bad_sessions_are_rejected_whole(stack, app, stub, hospital):
         await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=pb.ReservationPolicy(
             hospital_id=hospital, resource_type=pb.RESOURCE_TYPE_OUTPATIENT, reserved_share=0.1)), metadata=desk)
     assert "policy.reserved_share" in _violations(err.value)
+    # Released 48 h ahead, reserved beds are never inside an urgent referral's 48 hours.
+    bed_policy = pb.ReservationPolicy(hospital_id=hospital, resource_type=pb.RESOURCE_TYPE_BED, reserved_share=0.3,
+                                      release_hours=48)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=bed_policy), metadata=desk)
+    assert _violations(err.value) == {"policy.release_hours"} and "加急" in err.value.details()
+    bed_policy.release_hours = 47
+    await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=bed_policy), metadata=desk)
 
 
 async def test_scope_and_roles(stack, app, stub, hospital):

@@ -3,6 +3,7 @@ bed-nights released at their deadline (service layer with an injected `now`)."""
 import asyncio
 from datetime import date
 
+from common.v1 import types_pb2
 from referral.v1 import types_pb2 as rtypes
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
@@ -14,6 +15,13 @@ from services.scheduling.settings import SchedulerSettings
 from .conftest import admission, consultation, exam, pdate, referral, session, timedelta, today
 
 SCHED = Scheduler(SchedulerSettings(time_limit_seconds=2.0))
+
+
+async def _two_reserved_beds(stub, hospital, metadata):
+    await stub.UpsertBeds(pb.UpsertBedsRequest(hospital_id=hospital, wards=[pb.Ward(
+        ward_id=f"{hospital}-W1", department="cardiology", name="心内科一病区", rooms=[pb.WardRoom(
+            room_id=f"{hospital}-R1", capacity=2, gender_policy=pb.GENDER_POLICY_ANY,
+            beds=[pb.BedSpec(bed_id=f"{hospital}-B1"), pb.BedSpec(bed_id=f"{hospital}-B2")])])]), metadata=metadata)
 
 
 def _day(item):
@@ -98,10 +106,7 @@ async def test_reserved_bed_nights_are_released_at_the_deadline(stack, app, stub
     await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=pb.ReservationPolicy(
         hospital_id=hospital, resource_type=pb.RESOURCE_TYPE_BED, reserved_share=0.3, release_hours=24)),
         metadata=desk)
-    await stub.UpsertBeds(pb.UpsertBedsRequest(hospital_id=hospital, wards=[pb.Ward(
-        ward_id=f"{hospital}-W1", department="cardiology", name="心内科一病区", rooms=[pb.WardRoom(
-            room_id=f"{hospital}-R1", capacity=2, gender_policy=pb.GENDER_POLICY_ANY,
-            beds=[pb.BedSpec(bed_id=f"{hospital}-B1"), pb.BedSpec(bed_id=f"{hospital}-B2")])])]), metadata=beds_md)
+    await _two_reserved_beds(stub, hospital, beds_md)
     d2 = today() + timedelta(days=2)
     first = await _allocate(app, referral(hospital, admission(nights=2), dates=[d2]), calendar.at(today(), 10 * 60))
     assert not first.waitlisted
@@ -130,3 +135,18 @@ async def test_reserved_bed_nights_are_released_at_the_deadline(stack, app, stub
     assert (d2.month, d2.day) not in free and free[((d2 + timedelta(days=1)).month, (d2 + timedelta(days=1)).day)] == 1
     late = await _allocate(app, referral(hospital, admission(nights=1), dates=[d2]), now)
     assert late.waitlisted
+
+
+async def test_without_a_policy_an_urgent_admission_accepted_in_the_evening_finds_a_reserved_bed(
+        stack, app, stub, hospital):
+    await _two_reserved_beds(stub, hospital, stack.metadata(hospital, Role.BED_MANAGER))
+    evening = calendar.at(today(), 20 * 60)
+    # The default deadline (24 h) has released tonight's and tomorrow night's idle reserved
+    # beds by now; 48 h would have released the day after's too, the urgent window's last.
+    assert await jobs.release_due(app.ctx.pool, evening, hospital) == 4
+    urgent = referral(hospital, admission(nights=2), urgency=types_pb2.URGENCY_URGENT)
+    booked = await _allocate(app, urgent, evening)
+    assert not booked.waitlisted, booked.reason
+    async with app.ctx.pool.acquire() as conn:
+        night, = await rendering.items_of(conn, booked.booking_id)
+    assert _day(night) == today() + timedelta(days=2)

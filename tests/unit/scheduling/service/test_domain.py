@@ -5,7 +5,7 @@ import pytest
 
 from services.scheduling.domain import calendar, preparation
 from services.scheduling.domain.beds import BedStatus, IllegalTransition, can_hold, first_bookable_night, transition
-from services.scheduling.domain.policy import ReservationPolicy, distribute, spread
+from services.scheduling.domain.policy import URGENT_WINDOW_HOURS, ReservationPolicy, distribute, spread
 
 
 @pytest.mark.parametrize("total,expert,expected", [(20, False, 6), (10, False, 3), (1, False, 1), (7, True, 5)])
@@ -20,6 +20,16 @@ def test_release_deadline_is_hours_before_start():
     assert policy.release_at(start) == start - timedelta(hours=24)
     assert not policy.is_due(start, start - timedelta(hours=25))
     assert policy.is_due(start, start - timedelta(hours=24))
+
+
+@pytest.mark.parametrize("hour", range(0, 24, 3))
+def test_by_default_an_urgent_referral_accepted_at_any_hour_finds_reserved_capacity_in_its_window(hour):
+    accepted_day = date(2026, 12, 3)
+    accepted = calendar.at(accepted_day, hour * 60)
+    last_day = accepted_day + timedelta(days=URGENT_WINDOW_HOURS // 24)
+    for kind in ("outpatient", "exam", "bed"):
+        for minute in (9 * 60, 14 * 60):  # a bed-night (admission at 09:00), an afternoon session
+            assert not ReservationPolicy("H", kind).is_due(calendar.at(last_day, minute), accepted)
 
 
 def test_spread_and_distribute_cover_the_whole_day():
