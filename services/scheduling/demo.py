@@ -53,8 +53,12 @@ def _date(d) -> types_pb2.Date:
     return types_pb2.Date(year=d.year, month=d.month, day=d.day)
 
 
-def sessions(today) -> list[pb.OutpatientSession]:
+# A hospital publishes capacity ahead; the demo starts at any hour, so it publishes no
+# session or exam day that has already begun (the statistics would count its reserved
+# places as wasted), and loading again later the same day changes nothing published.
+def sessions(now: datetime) -> list[pb.OutpatientSession]:
     out = []
+    today = calendar.local_date(now)
     for offset in range(DAYS):
         day = today + timedelta(days=offset)
         if day.weekday() == 6:
@@ -62,6 +66,8 @@ def sessions(today) -> list[pb.OutpatientSession]:
         for dept, room, expert, general in DEPARTMENTS:
             building, place = room.split(" ")[0][:3], room
             for half, start, end in ((pb.HALF_DAY_AM, "08:00", "12:00"), (pb.HALF_DAY_PM, "14:00", "17:00")):
+                if calendar.at(day, calendar.parse_hhmm(start)) <= now:
+                    continue
                 for (doctor_id, name), title, total in ((expert, pb.DOCTOR_TITLE_EXPERT, 12),
                                                          (general, pb.DOCTOR_TITLE_GENERAL, 30)):
                     out.append(pb.OutpatientSession(
@@ -72,11 +78,14 @@ def sessions(today) -> list[pb.OutpatientSession]:
     return out
 
 
-def exam_capacity(today) -> list[pb.ExamDayCapacity]:
+def exam_capacity(now: datetime) -> list[pb.ExamDayCapacity]:
     per_day = {"CT": (8, 2), "MRI": (4, 1), "US": (10, 2), "ENDOSCOPY": (3, 1)}
     out = []
+    today = calendar.local_date(now)
     for offset in range(DAYS):
         day = today + timedelta(days=offset)
+        if calendar.at(day, 8 * 60) <= now:
+            continue
         for c in CHANNELS:
             reserved, overflow = per_day[c.modality]
             out.append(pb.ExamDayCapacity(channel_id=c.channel_id, date=_date(day), start_time="08:00",
@@ -103,7 +112,7 @@ def wards() -> list[pb.Ward]:
 
 
 async def load_demo(address: str, token_for: Callable[[str, Role | str], str]) -> None:
-    today = calendar.local_date(datetime.now(calendar.LOCAL))
+    now = datetime.now(calendar.LOCAL)
     desk = (("authorization", f"Bearer {token_for(HOSPITAL, Role.REFERRAL_DESK)}"),)
     beds = (("authorization", f"Bearer {token_for(HOSPITAL, Role.BED_MANAGER)}"),)
     async with grpc.aio.insecure_channel(address) as channel:
@@ -114,12 +123,12 @@ async def load_demo(address: str, token_for: Callable[[str, Role | str], str]) -
                 hospital_id=HOSPITAL, resource_type=kind, reserved_share=0.3, expert_floor_share=0.3,
                 release_hours=24, early_release_days=14,
                 clinic_quotas=[pb.ClinicQuota(clinic_id=c, places=40) for c in CLINICS])), metadata=desk)
-        all_sessions = sessions(today)
+        all_sessions = sessions(now)
         for i in range(0, len(all_sessions), 200):
             await stub.PublishSessions(pb.PublishSessionsRequest(
                 hospital_id=HOSPITAL, hospital_name=HOSPITAL_NAME, sessions=all_sessions[i:i + 200]), metadata=desk)
         await stub.PublishExamCapacity(pb.PublishExamCapacityRequest(
-            hospital_id=HOSPITAL, hospital_name=HOSPITAL_NAME, channels=CHANNELS, capacity=exam_capacity(today)),
+            hospital_id=HOSPITAL, hospital_name=HOSPITAL_NAME, channels=CHANNELS, capacity=exam_capacity(now)),
             metadata=desk)
         await stub.UpsertBeds(pb.UpsertBedsRequest(hospital_id=HOSPITAL, hospital_name=HOSPITAL_NAME, wards=wards()),
                               metadata=beds)
