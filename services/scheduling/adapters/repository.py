@@ -70,6 +70,17 @@ async def released_reserved_places(conn, hospital_id: str, resource_type: str, w
         hospital_id, resource_type, what, after, days)
 
 
+async def released_reserved_nights(conn, hospital_id: str, department: str | None, nights: list[date]) -> bool:
+    """Whether reserved bed-nights of `department` (of any ward when None) on one of `nights`
+    went back to the general pool at their release deadline."""
+    return await conn.fetchval("""
+        SELECT EXISTS (
+          SELECT 1 FROM bed_night_releases n JOIN beds b USING (bed_id) JOIN rooms r USING (room_id)
+            JOIN wards w USING (ward_id)
+           WHERE b.hospital_id = $1 AND ($2::text IS NULL OR w.department = $2) AND n.night = ANY($3::date[]))""",
+        hospital_id, department, nights)
+
+
 async def beds(conn, hospital_id: str) -> list[asyncpg.Record]:
     return await conn.fetch("""
         SELECT b.bed_id, b.pool, b.status, b.expected_discharge, b.room_id, r.capacity, r.gender_policy,

@@ -182,21 +182,28 @@ _DEADLINE_REASONS = (engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE, engine.Reas
 _SLOT_REASONS = {engine.ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE: "outpatient",
                  engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE: "exam"}
 RELEASED_NOTE = "；这些日期的预留号源已过释放时限、退回普通号池，可请医院从普通号源加号。"
+RELEASED_BEDS_NOTE = "；这些日期的预留床位已过释放时限、退回普通床位，可请医院从普通床位安排入院。"
 
 
 async def _released_in_window(conn, hospital_id: str, problem: engine.Problem, referral: engine.Referral,
-                              why: engine.UnplacedReferral, horizon: ea.Horizon, now: datetime) -> bool:
-    """Whether the reserved places the referral needed inside its window were there but had
-    gone back to the general pool: the desk can then still book from it, and a release
-    deadline longer than an urgency's window shows up here first."""
-    kind = _SLOT_REASONS.get(why.reason)
-    if kind is None:
-        return False
-    what = next((c.department for c in referral.all_consultations() if c.item_id == why.item_id), None) \
-        or next((e.modality for e in referral.exams if e.item_id == why.item_id), None)
+                              why: engine.UnplacedReferral, horizon: ea.Horizon, now: datetime) -> str:
+    """The note to add when the reserved capacity the referral needed inside its window was
+    there but had gone back to the general pool ("" when not): the desk can then still book
+    from that pool, and a release deadline too long for an urgency shows up here first."""
     last = engine.deadline_day(problem, referral)
     days = [horizon.date(d) for d in referral.available_days if referral.accepted_day <= d <= last]
-    return bool(what and days) and await repo.released_reserved_places(conn, hospital_id, kind, what, days, now)
+    if why.reason == engine.ReasonCode.NO_BED_NIGHTS_BEFORE_DEADLINE and referral.admission is not None:
+        nights = [d for d in days if calendar.at(d, rendering.ADMIT_MINUTE) > now]
+        released = bool(nights) and await repo.released_reserved_nights(
+            conn, hospital_id, referral.admission.department, nights)
+        return RELEASED_BEDS_NOTE if released else ""
+    kind = _SLOT_REASONS.get(why.reason)
+    if kind is None:
+        return ""
+    what = next((c.department for c in referral.all_consultations() if c.item_id == why.item_id), None) \
+        or next((e.modality for e in referral.exams if e.item_id == why.item_id), None)
+    released = bool(what and days) and await repo.released_reserved_places(conn, hospital_id, kind, what, days, now)
+    return RELEASED_NOTE if released else ""
 
 
 NOTHING_TO_BOOK = "所需检查均有互认的既往结果，无需另行预约；请携带既往检查结果前来就诊或等待医院联系"
@@ -238,8 +245,9 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
             code, text = why.reason.value, why.text_zh
             if demand.verdict.unmet and why.reason in _DEADLINE_REASONS:
                 code, text = exam_rules.PREPARATION_UNMET, demand.verdict.unmet_text()
-            elif await _released_in_window(conn, snapshot.hospital_id, problem, demand.referral, why, horizon, now):
-                text = text.rstrip("。") + RELEASED_NOTE
+            elif note := await _released_in_window(conn, snapshot.hospital_id, problem, demand.referral, why,
+                                                   horizon, now):
+                text = text.rstrip("。") + note
             await _waitlist(conn, snapshot, code, text, request_id, first_time)
             return Outcome(rid, reason_code=code, reason=text)
         try:

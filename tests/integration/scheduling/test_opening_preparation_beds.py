@@ -8,7 +8,7 @@ from referral.v1 import types_pb2 as rtypes
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
 from services.scheduling.domain import calendar
-from services.scheduling.service_layer import jobs, queries, rendering
+from services.scheduling.service_layer import allocation, jobs, queries, rendering
 from services.scheduling.service_layer.allocation import Scheduler, allocate
 from services.scheduling.settings import SchedulerSettings
 
@@ -137,7 +137,7 @@ async def test_reserved_bed_nights_are_released_at_the_deadline(stack, app, stub
     assert late.waitlisted
 
 
-async def test_without_a_policy_an_urgent_admission_accepted_in_the_evening_finds_a_reserved_bed(
+async def test_without_a_policy_an_urgent_admission_accepted_in_the_evening_finds_a_reserved_bed_or_a_reason(
         stack, app, stub, hospital):
     await _two_reserved_beds(stub, hospital, stack.metadata(hospital, Role.BED_MANAGER))
     evening = calendar.at(today(), 20 * 60)
@@ -150,3 +150,16 @@ async def test_without_a_policy_an_urgent_admission_accepted_in_the_evening_find
     async with app.ctx.pool.acquire() as conn:
         night, = await rendering.items_of(conn, booked.booking_id)
     assert _day(night) == today() + timedelta(days=2)
+    second = await _allocate(app, referral(hospital, admission(nights=2), urgency=types_pb2.URGENCY_URGENT), evening)
+    assert not second.waitlisted
+    # Both beds are taken from the window's last night; tomorrow night's went back to the
+    # general pool, and the reason says so (the desk can admit from there).
+    third = await _allocate(app, referral(hospital, admission(nights=2), urgency=types_pb2.URGENCY_URGENT), evening)
+    assert third.waitlisted and third.reason_code == "NO_BED_NIGHTS_BEFORE_DEADLINE"
+    assert third.reason.endswith(allocation.RELEASED_BEDS_NOTE)
+    # A patient who can come only on the window's last day: nothing of that night was
+    # released, so the plain reason.
+    last_day_only = referral(hospital, admission(nights=2), urgency=types_pb2.URGENCY_URGENT,
+                             dates=[today() + timedelta(days=2)])
+    plain = await _allocate(app, last_day_only, evening)
+    assert plain.reason_code == "NO_BED_NIGHTS_BEFORE_DEADLINE" and allocation.RELEASED_BEDS_NOTE not in plain.reason
