@@ -62,30 +62,36 @@ async def availability(conn, hospital_id: str, kind: str | None, department: str
                                        floor=r["floor"] or "", room=r["room"] or ""),
                 preparation=r["preparation"] or ""))
     if kind in (None, "bed"):
-        beds = await conn.fetch("""
-            SELECT b.bed_id, b.status, b.expected_discharge, w.ward_id, w.department FROM beds b
-              JOIN rooms r USING (room_id) JOIN wards w USING (ward_id)
-             WHERE b.hospital_id = $1 AND b.pool = 'reserved' AND ($2 = '' OR w.department = $2)""",
-                                hospital_id, department)
-        taken = {(r["bed_id"], r["night"]) for r in await conn.fetch(
-            "SELECT n.bed_id, n.night FROM bed_nights n JOIN beds b USING (bed_id) WHERE b.hospital_id = $1 "
-            "AND n.night BETWEEN $2 AND $3", hospital_id, first, last)}
-        taken |= {(r["bed_id"], r["night"]) for r in await repo.released_bed_nights(conn, hospital_id, first, last)}
-        free: Counter = Counter()
-        wards = {}
-        for b in beds:
-            start = first_bookable_night(BedStatus(b["status"]), b["expected_discharge"], today)
-            if start is None:
-                continue
-            wards[b["ward_id"]] = b["department"]
-            night = max(first, start)
-            while night <= last:
-                if (b["bed_id"], night) not in taken:
-                    free[(b["ward_id"], night)] += 1
-                night += timedelta(days=1)
-        for (ward, night), n in sorted(free.items()):
-            out.beds.append(pb.AvailableBeds(ward_id=ward, department=wards[ward], night=pb_date(night), free_beds=n))
+        free = await _free_bed_nights(conn, hospital_id, first, last, today, pool="reserved", department=department)
+        for (ward, dept, night), n in sorted(free.items()):
+            out.beds.append(pb.AvailableBeds(ward_id=ward, department=dept, night=pb_date(night), free_beds=n))
     return out
+
+
+async def _free_bed_nights(conn, hospital_id: str, first: date, last: date, today: date, *, pool: str,
+                           department: str = "") -> Counter:
+    """Bed-nights of a pool from `first` to `last` that the bed board offers (see
+    `first_bookable_night`) and no booking or release took, by (ward, department, night)."""
+    beds = await conn.fetch("""
+        SELECT b.bed_id, b.status, b.expected_discharge, w.ward_id, w.department FROM beds b
+          JOIN rooms r USING (room_id) JOIN wards w USING (ward_id)
+         WHERE b.hospital_id = $1 AND b.pool = $2 AND ($3 = '' OR w.department = $3)""",
+                            hospital_id, pool, department)
+    taken = {(r["bed_id"], r["night"]) for r in await conn.fetch(
+        "SELECT n.bed_id, n.night FROM bed_nights n JOIN beds b USING (bed_id) WHERE b.hospital_id = $1 "
+        "AND n.night BETWEEN $2 AND $3", hospital_id, first, last)}
+    taken |= {(r["bed_id"], r["night"]) for r in await repo.released_bed_nights(conn, hospital_id, first, last)}
+    free: Counter = Counter()
+    for b in beds:
+        start = first_bookable_night(BedStatus(b["status"]), b["expected_discharge"], today)
+        if start is None:
+            continue
+        night = max(first, start)
+        while night <= last:
+            if (b["bed_id"], night) not in taken:
+                free[(b["ward_id"], b["department"], night)] += 1
+            night += timedelta(days=1)
+    return free
 
 
 async def utilization(conn, hospital_id: str, first: date, last: date, now: datetime) -> pb.Utilization:
@@ -118,8 +124,10 @@ async def utilization(conn, hospital_id: str, first: date, last: date, now: date
                (SELECT count(*) FROM bed_night_releases n JOIN beds x USING (bed_id)
                  WHERE x.hospital_id = $1 AND x.pool = b.pool AND n.night BETWEEN $2 AND $3) AS released
           FROM beds b WHERE b.hospital_id = $1 GROUP BY b.pool ORDER BY b.pool""", hospital_id, first, last):
+        free = await _free_bed_nights(conn, hospital_id, first, last, calendar.local_date(now), pool=r["pool"])
         out.pools.append(pb.PoolUtilization(resource_type=pb.RESOURCE_TYPE_BED, pool=r["pool"], places=r["places"],
-                                            booked=r["booked"], no_show=r["no_show"], released=r["released"]))
+                                            booked=r["booked"], no_show=r["no_show"], released=r["released"],
+                                            open=sum(free.values())))
     raw = await conn.fetchval("SELECT clinic_quotas FROM reservation_policies WHERE hospital_id = $1 "
                               "AND resource_type = 'outpatient'", hospital_id)
     quotas = (json.loads(raw) if isinstance(raw, str) else raw) or {}
