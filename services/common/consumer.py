@@ -8,6 +8,7 @@ and, after a bounded number of deliveries, stored in dead_letters and terminated
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import asyncpg
 import nats
 from google.protobuf.message import DecodeError, Message
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from common.v1 import event_pb2
 from services.common import db, messaging
@@ -25,6 +26,10 @@ from services.common.logging import get_logger
 log = get_logger(__name__)
 
 CONSUMED = Counter("events_consumed_total", "Events handled, by outcome.", ("consumer", "outcome"))
+# How far behind its events a consumer runs (the producers' and this host's clocks agree
+# through NTP): what a patient waits between a change and its message, in production.
+AGE = Histogram("events_handled_age_seconds", "From an event's occur_time to the commit of its handling.",
+                ("consumer",), buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0))
 
 Handler = Callable[[asyncpg.Connection, event_pb2.EventEnvelope, Message], Awaitable[None]]
 
@@ -186,7 +191,10 @@ class EventConsumer:
                 raise PermanentError(f"payload is not {env.event_type}")
             await handler(conn, env, payload)
 
-    async def _handled(self, msg, fresh: bool) -> None:
+    async def _handled(self, msg, env: event_pb2.EventEnvelope, fresh: bool) -> None:
+        if fresh and env.HasField("occur_time"):
+            age = time.time() - env.occur_time.ToNanoseconds() / 1e9
+            AGE.labels(self.sub.durable).observe(max(0.0, age))
         await msg.ack()
         self.processed += 1
         CONSUMED.labels(self.sub.durable, "handled" if fresh else "duplicate").inc()
@@ -202,9 +210,9 @@ class EventConsumer:
                 fresh = await self._handle_all_once(conn, msgs, envs)
         except Exception:  # noqa: BLE001 - which event failed, and how, is for `_handle` to find
             return False
-        for msg, new in zip(msgs, fresh):
+        for msg, env, new in zip(msgs, envs, fresh):
             try:
-                await self._handled(msg, new)
+                await self._handled(msg, env, new)
             except Exception as exc:  # noqa: BLE001 - unacked, it comes back and the inbox drops it
                 log.warning("ack failed", consumer=self.sub.durable, error=repr(exc))
         return True
@@ -221,7 +229,7 @@ class EventConsumer:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 fresh = await self._handle_once(conn, msg, env)
-            await self._handled(msg, fresh)
+            await self._handled(msg, env, fresh)
         except PermanentError as exc:
             await self._dead_letter(msg, env.event_id, deliveries, str(exc))
         except Exception as exc:  # noqa: BLE001 - decide between waiting, retry and dead letter

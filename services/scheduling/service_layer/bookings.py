@@ -71,7 +71,7 @@ async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, 
     capacity = await ea.load_capacity(conn, booking["hospital_id"], horizon, now, [booking["booking_id"]])
     demand = ea.referral_demand(snapshot, referral["accepted_at"], horizon, capacity.prep_days,
                                 rules=capacity.exam_rules)
-    solution = await sched.solve(ea.problem(horizon, capacity, [demand]))
+    solution = await sched.solve(ea.problem(horizon, capacity, [demand]), "reschedule")
     if snapshot.referral_id not in solution.placed_referral_ids():
         why = solution.unplaced_by_id().get(snapshot.referral_id)
         raise FailedPrecondition(f"没有可改约的号源：{why.text_zh if why else ''}", reason="NO_CAPACITY")

@@ -2,6 +2,8 @@
 import asyncio
 import uuid
 
+from prometheus_client import REGISTRY
+
 from common.v1 import types_pb2
 from services.common import outbox
 from services.common.consumer import EventConsumer, PermanentError, Subscription
@@ -64,8 +66,13 @@ async def test_relay_publishes_and_consumer_applies_once(stack, pool, broker, sc
     await asyncio.sleep(1.0)
     assert await pool.fetchval("SELECT count(*) FROM effects") == 20
     assert sorted(seen) == sorted(ids)
+    assert _ages(sub.durable) == 20  # how late each was handled, observed once per event
     await relay.stop()
     await consumer.stop()
+
+
+def _ages(consumer: str) -> float:
+    return REGISTRY.get_sample_value("events_handled_age_seconds_count", {"consumer": consumer}) or 0.0
 
 
 async def _count(pool, sql):
@@ -217,3 +224,4 @@ async def test_shared_transaction_applies_a_repeated_or_handled_event_once(stack
     assert [e for e, _ in applied] == ids[:3]
     assert len({tx for _, tx in applied}) == 1
     assert consumer.processed == 5
+    assert _ages(sub.durable) == 3  # neither the copy nor the event handled before
