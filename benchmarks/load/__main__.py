@@ -97,7 +97,9 @@ def table(r: dict) -> str:
         "",
         f"Events ({ev['referrals']} referrals created and accepted at {ev['rate_per_second']:g}/s, "
         f"after {ev.get('started_after_drain_seconds', 0):g} s of draining the create phase's backlog"
-        + (f"; {ev['waitlisted']} waitlisted, no capacity left" if ev.get("waitlisted") else "") + ")",
+        + (f"; {ev['waitlisted']} waitlisted: " + ", ".join(
+            f"{n} {code}" for code, n in ev.get("waitlisted_reasons", {}).items()) if ev.get("waitlisted") else "")
+        + ")",
         f"{'':<42}{'p50 ms':>9}{'p99 ms':>9}{'n':>5}",
     ]
     for key, label in (("create_to_scheduled", "CreateReferral -> ReferralScheduled"),

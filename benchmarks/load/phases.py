@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,13 +211,15 @@ async def event_phase(system: System, rate: float, duration: float, seed: int) -
     desk = system.metadata(HOSPITAL, "referral_desk")
     created: dict[str, float] = {}
     scheduled: dict[str, float] = {}
-    waitlisted: set[str] = set()  # no capacity in the horizon: no booking, no appointment message
+    waitlisted: dict[str, str] = {}  # referral id -> reason code: no booking, no appointment message
     nc = await nats.connect(system.env["NATS_URL"])
 
     async def on_event(msg) -> None:
         env = event_pb2.EventEnvelope.FromString(msg.data)
         if env.event_type == sev.ReferralWaitlisted.DESCRIPTOR.full_name:
-            waitlisted.add(env.aggregate_id)
+            why = sev.ReferralWaitlisted()
+            env.payload.Unpack(why)
+            waitlisted[env.aggregate_id] = why.reason_code
             return
         event = sev.ReferralScheduled()
         env.payload.Unpack(event)
@@ -237,7 +240,7 @@ async def event_phase(system: System, rate: float, duration: float, seed: int) -
             booked = {referral_id_of(m): m["t"] for m in system.wechat.accepted
                       if m["template_id"] in ("wx-tmpl-appointment", "wx-tmpl-admission")}
             if all(k in booked for k in created if k in scheduled) and len(scheduled) + len(
-                    waitlisted & created.keys()) >= len(created):
+                    waitlisted.keys() & created.keys()) >= len(created):
                 break
             await asyncio.sleep(0.2)
     finally:
@@ -254,7 +257,8 @@ async def event_phase(system: System, rate: float, duration: float, seed: int) -
         pick = lambda q: round(s[min(len(s) - 1, int(q * len(s)))] * 1000, 1) if s else None  # noqa: E731
         return {"count": len(s), "p50_ms": pick(.5), "p99_ms": pick(.99)}
     return {
-        "referrals": len(created), "rate_per_second": rate, "waitlisted": len(waitlisted & created.keys()),
+        "referrals": len(created), "rate_per_second": rate, "waitlisted": len(waitlisted.keys() & created.keys()),
+        "waitlisted_reasons": dict(Counter(waitlisted[k] for k in created if k in waitlisted).most_common()),
         "create_to_scheduled": stats([scheduled[k] - created[k] for k in created if k in scheduled]),
         "create_to_message": stats([messages[k] - created[k] for k in created if k in messages]),
         "scheduled_to_message": stats([messages[k] - scheduled[k] for k in created if k in messages and k in scheduled]),

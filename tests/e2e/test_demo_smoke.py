@@ -24,6 +24,7 @@ async def test_a_two_second_bench_fills_every_column(tmp_path):
     assert result["create_referral"]["calls"] > 0 and result["echo_ceiling"]["calls"] > 0
     assert result["pgbench_ceiling"]["per_second"] > 0
     assert result["events"]["create_to_message"]["count"] > 0
+    assert sum(result["events"]["waitlisted_reasons"].values()) == result["events"]["waitlisted"]
     assert set(result["peak_memory_mib"]) == {"referral", "scheduling", "notify"}
     # Every part of the system is charged for the creates, and the services not as the client.
     create_cpu = result["create_referral"]["cpu_ms_per_call"]
