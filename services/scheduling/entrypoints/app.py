@@ -9,6 +9,7 @@ from services.common import membership
 from services.common.app import AppContext, ServiceParts
 from services.common.logging import get_logger
 from services.scheduling.adapters import repository as repo
+from services.scheduling.domain.policy import URGENT_WINDOW_HOURS
 from services.scheduling.entrypoints.grpc_api import registrar
 from services.scheduling.entrypoints.handlers import subscription
 from services.scheduling.service_layer import jobs
@@ -75,6 +76,13 @@ def build(ctx: AppContext) -> ServiceParts:
     sched.on_capacity_freed = reopt.wake
 
     async def release_loop() -> None:
+        try:
+            for p in await jobs.policies_releasing_too_early(ctx.pool):
+                log.warning("reservation policy releases capacity too early for urgent referrals; set it again",
+                            hospital_id=p["hospital_id"], resource_type=p["resource_type"],
+                            release_hours=p["release_hours"], most=URGENT_WINDOW_HOURS - 1)
+        except _DB_ERRORS as exc:
+            log.warning("reservation policies not checked", error=str(exc))
         while True:
             # Sleep first: a release at the very start of a replica would race with whoever is
             # setting capacity up (a deploy, a test), and nothing is lost by waiting one poll.

@@ -25,7 +25,7 @@ from services.common import outbox
 from services.scheduling.adapters import repository as repo
 from services.scheduling.domain import calendar
 from services.scheduling.domain.beds import BedStatus, first_bookable_night
-from services.scheduling.domain.policy import DEFAULT_RELEASE_HOURS
+from services.scheduling.domain.policy import DEFAULT_RELEASE_HOURS, URGENT_WINDOW_HOURS
 from services.scheduling.service_layer.rendering import ADMIT_MINUTE, ts
 
 _DUE = """
@@ -80,6 +80,14 @@ async def _release_due_slots(pool: asyncpg.Pool, now: datetime, hospital_id: str
 
 def _night_start(night) -> datetime:
     return calendar.at(night, ADMIT_MINUTE)
+
+
+async def policies_releasing_too_early(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Stored policies whose release deadline leaves urgent referrals no reserved capacity:
+    set before SetReservationPolicy refused such a deadline, and still applied as set."""
+    async with pool.acquire() as conn:
+        return await conn.fetch("SELECT hospital_id, resource_type, release_hours FROM reservation_policies "
+                                "WHERE release_hours >= $1 ORDER BY hospital_id, resource_type", URGENT_WINDOW_HOURS)
 
 
 async def release_due_beds(pool: asyncpg.Pool, now: datetime, hospital_id: str | None = None) -> int:

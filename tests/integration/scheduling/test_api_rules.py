@@ -5,6 +5,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from scheduling.v1 import scheduling_service_pb2 as pb
 from services.common.auth import Role
+from services.scheduling.service_layer import jobs
 
 from .conftest import session, timedelta, today
 
@@ -43,6 +44,14 @@ async def test_bad_sessions_are_rejected_whole(stack, app, stub, hospital):
     assert _violations(err.value) == {"policy.release_hours"} and "加急" in err.value.details()
     bed_policy.release_hours = 47
     await stub.SetReservationPolicy(pb.SetReservationPolicyRequest(policy=bed_policy), metadata=desk)
+    # One stored before the rule (an upgrade) is still applied, and named at start-up.
+    async with app.ctx.pool.acquire() as conn:
+        await conn.execute("INSERT INTO reservation_policies (hospital_id, resource_type, reserved_share, "
+                           "expert_floor_share, release_hours, early_release_days, clinic_quotas) "
+                           "VALUES ($1, 'exam', 0.3, 0, 72, 14, '{}')", hospital)
+    late = [(r["resource_type"], r["release_hours"]) for r in await jobs.policies_releasing_too_early(app.ctx.pool)
+            if r["hospital_id"] == hospital]
+    assert late == [("exam", 72)]
 
 
 async def test_scope_and_roles(stack, app, stub, hospital):
