@@ -2,12 +2,11 @@
 import asyncio
 import uuid
 
-from prometheus_client import REGISTRY
-
 from common.v1 import types_pb2
 from services.common import outbox
 from services.common.consumer import EventConsumer, PermanentError, Subscription
 from services.common.outbox import OutboxRelay
+from tests.support.metrics import metric
 
 from .conftest import TEST_STREAM
 
@@ -72,7 +71,7 @@ async def test_relay_publishes_and_consumer_applies_once(stack, pool, broker, sc
 
 
 def _ages(consumer: str) -> float:
-    return REGISTRY.get_sample_value("events_handled_age_seconds_count", {"consumer": consumer}) or 0.0
+    return metric("events_handled_age_seconds_count", consumer=consumer)
 
 
 async def _count(pool, sql):

@@ -7,16 +7,12 @@ import hashlib
 import time
 
 import aiohttp
-from prometheus_client import REGISTRY
 
 from referral.v1 import events_pb2 as ref_ev
 from tests.fakes.sandbox import WECHAT_EVENT_TOKEN
+from tests.support.metrics import metric
 
 from .notify_support import Patient, Referral, eventually, local, new_openid, notify_service, publish, vendor_env
-
-
-def _count(name: str, **labels) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _delivery(db, referral_id):
@@ -51,7 +47,7 @@ async def _status(db, referral_id, status):
 async def test_tencent_failure_receipt_fails_the_delivery_and_tells_the_clinic(stack, monkeypatch, vendors, broker, db):
     _, _, tencent = vendors
     ref = Referral(Patient(stack))
-    unreached = _count("notify_unreached_total", channel="sms")
+    unreached = metric("notify_unreached_total", channel="sms")
     async with notify_service(stack, monkeypatch, vendor_env(*vendors, vendor="tencent")) as (_, notify):
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(tencent.accepted) == 1)
@@ -66,7 +62,7 @@ async def test_tencent_failure_receipt_fails_the_delivery_and_tells_the_clinic(s
     failures = await db.fetchval("SELECT count(*) FROM notify.outbox WHERE aggregate_id = $1 "
                                  "AND event_type = 'notify.v1.PatientNotificationFailed'", ref.referral_id)
     assert failures == 1
-    assert _count("notify_unreached_total", channel="sms") == unreached + 1
+    assert metric("notify_unreached_total", channel="sms") == unreached + 1
 
 
 async def test_malformed_receipt_is_refused(stack, monkeypatch, vendors):
@@ -157,9 +153,9 @@ async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypat
 async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_that_template(stack, monkeypatch, vendors,
                                                                                      broker, db):
     wechat, aliyun, _ = vendors
-    before = (_count("notify_fallbacks_total", from_channel="wechat", to_channel="sms", cause="report"),
-              _count("notify_delivery_reports_total", vendor="wechat", verdict="undelivered"),
-              _count("notify_sends_total", channel="sms", vendor="aliyun", outcome="sent"))
+    before = (metric("notify_fallbacks_total", from_channel="wechat", to_channel="sms", cause="report"),
+              metric("notify_delivery_reports_total", vendor="wechat", verdict="undelivered"),
+              metric("notify_sends_total", channel="sms", vendor="aliyun", outcome="sent"))
     async with _sent_on_wechat(stack, monkeypatch, vendors, broker, db) as (ref, url):
         # WeChat took the message, then reports that the user refuses the account's messages.
         body = wechat.sent_event(wechat.accepted[0], error_code=43101)
@@ -175,9 +171,9 @@ async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_that_tem
         ("referral_accepted", "wechat", "FELL_BACK"), ("referral_accepted", "sms", "SENT"),
         ("referral_cancelled", "sms", "SENT")]
     assert deliveries[0]["status_reason"] == "receipt: 43101"
-    after = (_count("notify_fallbacks_total", from_channel="wechat", to_channel="sms", cause="report"),
-             _count("notify_delivery_reports_total", vendor="wechat", verdict="undelivered"),
-             _count("notify_sends_total", channel="sms", vendor="aliyun", outcome="sent"))
+    after = (metric("notify_fallbacks_total", from_channel="wechat", to_channel="sms", cause="report"),
+             metric("notify_delivery_reports_total", vendor="wechat", verdict="undelivered"),
+             metric("notify_sends_total", channel="sms", vendor="aliyun", outcome="sent"))
     assert after == (before[0] + 1, before[1] + 1, before[2] + 2)
     assert len(wechat.accepted) == 1  # the refusal is remembered: WeChat is not tried again
     assert await db.fetchval("SELECT accepted FROM notify.wechat_template_choices WHERE openid = $1 "
@@ -190,7 +186,7 @@ async def test_wechat_refusal_after_sending_falls_back_to_sms_and_stops_that_tem
 async def test_wechat_template_choices_steer_each_template_and_the_newest_wins(stack, monkeypatch, vendors, broker,
                                                                              db):
     wechat, aliyun, _ = vendors
-    refused = _count("notify_wechat_template_choices_total", template_id="wx-tmpl-referral-status", choice="refused")
+    refused = metric("notify_wechat_template_choices_total", template_id="wx-tmpl-referral-status", choice="refused")
     async with _sent_on_wechat(stack, monkeypatch, vendors, broker, db) as (ref, url):
         openid, status_tmpl = ref.patient.openid, "wx-tmpl-referral-status"
         assert wechat.accepted[0]["template_id"] == status_tmpl
@@ -217,4 +213,4 @@ async def test_wechat_template_choices_steer_each_template_and_the_newest_wins(s
         "SELECT template_id, accepted FROM notify.wechat_template_choices WHERE openid = $1", openid)}
     assert choices == {status_tmpl: True, "wx-tmpl-reminder": True}
     # Counted as pushed: the settings change twice (WeChat's retry), the acceptance once.
-    assert _count("notify_wechat_template_choices_total", template_id=status_tmpl, choice="refused") == refused + 2
+    assert metric("notify_wechat_template_choices_total", template_id=status_tmpl, choice="refused") == refused + 2

@@ -5,6 +5,7 @@ import asyncio
 
 from referral.v1 import referral_service_pb2 as api
 from services.referral.adapters import repository as repo
+from tests.support.metrics import metric
 
 
 def _same_patient(world, first, code: str, n: int) -> list:
@@ -70,8 +71,6 @@ async def test_one_batch_of_creates_keeps_each_create_s_outcome(world, referral_
     """Creates started together share one read and one write statement (services.common.batching):
     a repeated request id, a request id used twice inside the batch and two creates of one
     episode must each come out as if the creates had run one after another."""
-    from prometheus_client import REGISTRY
-
     from services.common.auth import Caller, Role
     from services.referral.adapters import requests as parse
     from services.referral.service_layer.services import ReferralService
@@ -93,7 +92,7 @@ async def test_one_batch_of_creates_keeps_each_create_s_outcome(world, referral_
     batch = [*fresh, twice, twice, earlier, *same_episode]
 
     def batches(name: str) -> float:
-        return REGISTRY.get_sample_value("db_batch_size_count", {"batcher": name}) or 0.0
+        return metric("db_batch_size_count", batcher=name)
 
     reads, writes = batches("referral_create_context"), batches("referral_create")
     made = await asyncio.gather(*(svc.create(caller, command(r)) for r in batch))

@@ -4,11 +4,11 @@ import asyncio
 import asyncpg
 import grpc
 import pytest
-from prometheus_client import REGISTRY
 
 from referral.v1 import events_pb2 as revents
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
+from tests.support.metrics import metric
 
 from .conftest import accept, consultation, exam, publish_event, referral, session, timedelta, today
 
@@ -67,16 +67,10 @@ async def test_accepted_referral_is_scheduled_with_exam_before_consultation(stac
     assert got.state == pb.BOOKING_STATE_CONFIRMED
 
 
-def _metric(name: str, **labels: str) -> float:
-    """A family's samples summed over every label set that has `labels`."""
-    return sum(s.value for m in REGISTRY.collect() for s in m.samples
-               if s.name == name and labels.items() <= s.labels.items())
-
-
 async def test_waitlisted_referral_is_promoted_after_a_cancellation(stack, app, stub, events, hospital):
     outcomes, solves = "scheduling_allocations_total", "scheduling_solve_seconds_count"
-    before = (_metric(outcomes, outcome="BOOKED"), _metric(outcomes) - _metric(outcomes, outcome="BOOKED"),
-              _metric(solves, kind="allocate"), _metric(solves, kind="reoptimise"))
+    before = (metric(outcomes, outcome="BOOKED"), metric(outcomes) - metric(outcomes, outcome="BOOKED"),
+              metric(solves, kind="allocate"), metric(solves, kind="reoptimise"))
     day = today() + timedelta(days=2)
     desk = stack.metadata(hospital, Role.REFERRAL_DESK)
     await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
@@ -99,10 +93,10 @@ async def test_waitlisted_referral_is_promoted_after_a_cancellation(stack, app, 
     assert clinics["CLINIC01"].cancelled == 1 and clinics["CLINIC02"].booked == 1
     # What operations watch: two bookings (at acceptance, then from the waitlist), one
     # referral put on the waitlist, and how long the engine took for each.
-    after = (_metric(outcomes, outcome="BOOKED"), _metric(outcomes) - _metric(outcomes, outcome="BOOKED"),
-             _metric(solves, kind="allocate"), _metric(solves, kind="reoptimise"))
+    after = (metric(outcomes, outcome="BOOKED"), metric(outcomes) - metric(outcomes, outcome="BOOKED"),
+             metric(solves, kind="allocate"), metric(solves, kind="reoptimise"))
     assert after[0] - before[0] == 2 and after[1] - before[1] == 1
-    assert _metric(outcomes, outcome=waitlisted.reason_code) >= 1
+    assert metric(outcomes, outcome=waitlisted.reason_code) >= 1
     assert after[2] - before[2] == 2 and after[3] - before[3] >= 1
     # The referral service cancelling the referral frees it again.
     await publish_event(app, revents.ReferralCancelled(referral=second, reason="患者撤回同意"), second)
