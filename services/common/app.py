@@ -25,9 +25,10 @@ from prometheus_client import start_http_server
 
 from services.common import auth, config, db, messaging
 from services.common import logging as logs
-from services.common.consumer import EventConsumer, Subscription
+from services.common.consumer import EventConsumer, Subscription, inbox_retention, purge_inbox
 from services.common.grpc_server import GrpcServer, Registrar, server_credentials
 from services.common.outbox import OutboxRelay
+from services.common.periodic import periodic
 from services.common.pii import PiiCipher
 
 log = logs.get_logger(__name__)
@@ -94,8 +95,9 @@ class ServiceApp:
         broker = await messaging.Broker.connect(s.nats_url, name=s.service,
                                                 stream_replicas=s.nats_stream_replicas)
         await broker.ensure_stream(s.service, s.nats_stream_replicas)
+        outbox_retention = timedelta(hours=s.outbox_retention_hours)
         relay = OutboxRelay(pool, broker, s.schema, dsn=s.database_url, poll_seconds=s.outbox_poll_seconds,
-                            retention=timedelta(hours=s.outbox_retention_hours))
+                            retention=outbox_retention)
         if not s.pii_encryption_keys and not s.dev_mode:
             raise SystemExit("PII_ENCRYPTION_KEYS and PII_HASH_KEY are required (DEV_MODE=1 generates local keys)")
         self.ctx = AppContext(s, pool, broker, relay, PiiCipher.from_config(
@@ -106,7 +108,9 @@ class ServiceApp:
             consumer = EventConsumer(broker, pool, subscription, max_deliver=s.consumer_max_deliver)
             consumer.start()
             self._consumers.append(consumer)
-        for job in self._parts.background:
+        inbox_purge = periodic("inbox purged", s.inbox_purge_seconds, lambda: purge_inbox(
+            pool, inbox_retention(outbox_retention)))
+        for job in (*self._parts.background, inbox_purge):
             self._tasks.append(asyncio.create_task(job()))
         self.grpc = GrpcServer(s.grpc_port, self._parts.registrars, verifier=verifier_for(s),
                                credentials=server_credentials(s.tls_cert_file, s.tls_key_file,

@@ -53,6 +53,9 @@ class Settings:
     outbox_retention_hours: float
     outbox_poll_seconds: float
     consumer_max_deliver: int
+    # How often the inbox is purged; how long it keeps a row is derived, not set
+    # (services.common.consumer.inbox_retention).
+    inbox_purge_seconds: float
     db_pool_min: int
     db_pool_max: int
     db_command_timeout: float
@@ -96,6 +99,7 @@ def load(service: str) -> Settings:
         outbox_retention_hours=_env_float("OUTBOX_RETENTION_HOURS", 168.0),
         outbox_poll_seconds=_env_float("OUTBOX_POLL_SECONDS", 1.0),
         consumer_max_deliver=_env_int("CONSUMER_MAX_DELIVER", 5),
+        inbox_purge_seconds=_env_float("INBOX_PURGE_SECONDS", 3600.0),
         db_pool_min=_env_int("DB_POOL_MIN", 2),
         db_pool_max=_env_int("DB_POOL_MAX", 10),
         db_command_timeout=_env_float("DB_COMMAND_TIMEOUT", 10.0),

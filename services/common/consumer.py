@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import asyncpg
 import nats
@@ -282,3 +283,26 @@ class EventConsumer:
             return
         CONSUMED.labels(self.sub.durable, "dead_lettered").inc()
         await msg.term()
+
+
+def inbox_retention(outbox_retention: timedelta) -> timedelta:
+    """How long an inbox row must stay for its event never to be applied twice. An event
+    can come again for as long as its stream keeps it (a consumer reset or created anew
+    replays the stream), and an outbox replay re-publishes a sent event for as long as the
+    outbox keeps it, into a stream that keeps the copy its full age again. A day more for
+    the clocks and the gap between publishing and handling."""
+    return messaging.STREAM_MAX_AGE + outbox_retention + timedelta(days=1)
+
+
+async def purge_inbox(pool: asyncpg.Pool, retention: timedelta, batch: int = 5000) -> int:
+    """Delete the inbox rows older than `retention`, a batch per transaction (the first
+    purge after an upgrade may find a year of rows); returns how many."""
+    total = 0
+    while True:
+        deleted = await pool.execute(
+            "DELETE FROM inbox WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM inbox WHERE processed_at < now() - $1::interval LIMIT $2))", retention, batch)
+        count = int(deleted.split()[-1])
+        total += count
+        if count < batch:
+            return total

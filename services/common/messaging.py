@@ -10,6 +10,7 @@ import asyncio
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import nats
 from google.protobuf import any_pb2, timestamp_pb2
@@ -25,13 +26,16 @@ STREAMS = {"referral": "REFERRAL", "scheduling": "SCHEDULING", "notify": "NOTIFY
 # JetStream drops a re-published event with the same Nats-Msg-Id inside this window;
 # the consumers' inbox covers anything older.
 DUPLICATE_WINDOW_SECONDS = 600
+# How long a stream keeps an event: a consumer reset or created anew can be handed one
+# this old (the consumers' inbox retention is derived from it).
+STREAM_MAX_AGE = timedelta(days=30)
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def stream_config(service: str, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=STREAMS[service], subjects=[f"{service}.v1.>"], retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE, num_replicas=replicas, max_age=30 * 24 * 3600,
+        storage=StorageType.FILE, num_replicas=replicas, max_age=STREAM_MAX_AGE.total_seconds(),
         duplicate_window=DUPLICATE_WINDOW_SECONDS, discard=DiscardPolicy.OLD)
 
 

@@ -1,18 +1,15 @@
 """`build(ctx)`: the referral service's parts for services.common.app."""
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from services.common.app import AppContext, ServiceParts
-from services.common.logging import get_logger
+from services.common.periodic import periodic
 from services.referral.entrypoints import scheduling_events
 from services.referral.entrypoints.grpc_api import ReferralServicer, registrar
 from services.referral.entrypoints.watch import ChangeFeed
 from services.referral.service_layer import membership, retention
 from services.referral.service_layer.services import ReferralService
-
-log = get_logger(__name__)
 
 
 def build(ctx: AppContext) -> ServiceParts:
@@ -20,33 +17,7 @@ def build(ctx: AppContext) -> ServiceParts:
     feed = ChangeFeed(ctx.settings.database_url, ctx.settings.schema,
                       poll_seconds=float(ctx.settings.get("REFERRAL_WATCH_POLL_SECONDS", "1.0")))
     sla_every = float(ctx.settings.get("REFERRAL_SLA_CHECK_SECONDS", "60"))
-
-    async def sla_job() -> None:
-        while True:
-            try:
-                reported = await svc.check_sla()
-                if reported:
-                    log.info("sla breaches reported", count=reported)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a failed round is retried at the next tick
-                log.warning("sla check failed", error=repr(exc))
-            await asyncio.sleep(sla_every)
-
-    def periodic(name: str, every: float, step):
-        async def job() -> None:
-            while True:
-                try:
-                    done = await step()
-                    if done:
-                        log.info(name, count=done)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a failed round is retried at the next tick
-                    log.warning(f"{name} failed", error=repr(exc))
-                await asyncio.sleep(every)
-        return job
-
+    sla_job = periodic("sla breaches reported", sla_every, svc.check_sla)
     retention_days = float(ctx.settings.get("REFERRAL_CHANGES_RETENTION_DAYS", "30"))
     purge_every = float(ctx.settings.get("REFERRAL_CHANGES_PURGE_SECONDS", "3600"))
     refresh_days = float(ctx.settings.get("REFERRAL_MEMBERSHIP_REFRESH_DAYS", "7"))

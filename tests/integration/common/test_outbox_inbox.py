@@ -1,10 +1,11 @@
 """The outbox relay and the inbox consumer against real PostgreSQL and NATS."""
 import asyncio
 import uuid
+from datetime import timedelta
 
 from common.v1 import types_pb2
 from services.common import outbox
-from services.common.consumer import EventConsumer, PermanentError, Subscription
+from services.common.consumer import EventConsumer, PermanentError, Subscription, inbox_retention, purge_inbox
 from services.common.outbox import OutboxRelay
 from tests.support.metrics import metric
 
@@ -224,3 +225,48 @@ async def test_shared_transaction_applies_a_repeated_or_handled_event_once(stack
     assert len({tx for _, tx in applied}) == 1
     assert consumer.processed == 5
     assert _ages(sub.durable) == 3  # neither the copy nor the event handled before
+
+
+async def test_inbox_purge_keeps_what_a_replay_could_still_bring_back(stack, pool, broker, schema):
+    hospital = f"H{uuid.uuid4().hex[:6]}"
+    ids = await _write_events(pool, hospital, 3)
+    rows = await pool.fetch("SELECT subject, payload FROM outbox WHERE event_id = ANY($1::uuid[]) ORDER BY seq", ids)
+    applied: list[str] = []
+
+    async def effect(conn, env, payload):
+        applied.append(env.event_id)
+
+    sub = Subscription(durable=f"p_{hospital}", stream=TEST_STREAM,
+                       filter_subjects=[f"common.v1.Date.{hospital}"]).on(types_pb2.Date, effect)
+    consumer = EventConsumer(broker, pool, sub, fetch_timeout=0.3)
+    consumer.start()
+    # Published without a message id: each copy reaches the consumer, as one a replay
+    # re-publishes after JetStream's duplicate window would.
+    for row in rows:
+        await broker.js.publish(row["subject"], row["payload"])
+    assert await _wait_for(lambda: _eq(pool, f"SELECT count(*) FROM inbox WHERE consumer = '{sub.durable}'", 3))
+    retention = inbox_retention(timedelta(hours=168))
+    await pool.execute("UPDATE inbox SET processed_at = now() - $1::interval + interval '1 hour' "
+                       "WHERE consumer = $2", retention, sub.durable)
+    assert await purge_inbox(pool, retention) == 0
+    for row in rows:
+        await broker.js.publish(row["subject"], row["payload"])
+
+    async def all_handled() -> bool:
+        return consumer.processed == 6
+    assert await _wait_for(all_handled)
+    assert applied == ids  # the copies found their rows
+    await consumer.stop()
+    await pool.execute("UPDATE inbox SET processed_at = now() - $1::interval - interval '1 hour' "
+                       "WHERE consumer = $2", retention, sub.durable)
+    assert await purge_inbox(pool, retention, batch=2) == 3
+    assert await pool.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", sub.durable) == 0
+
+
+async def test_inbox_outlives_what_the_stream_and_the_outbox_keep(broker):
+    """The inbox's retention is derived from the stream's age: read back from JetStream."""
+    await broker.ensure_stream("referral")
+    kept = timedelta(seconds=(await broker.js.stream_info("REFERRAL")).config.max_age)
+    outbox_retention = timedelta(hours=168)
+    assert kept == timedelta(days=30)
+    assert inbox_retention(outbox_retention) > kept + outbox_retention
