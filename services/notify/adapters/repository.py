@@ -88,6 +88,38 @@ async def record_wechat_choices(conn: asyncpg.Connection, choices: Sequence[tupl
         openids, templates, accepted, at)
 
 
+
+async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch: int) -> int:
+    """Clears the number, its hash and the openid (and the openid's template choices) of up
+    to `batch` contacts untouched since `cutoff` whose patient has no referral event, no
+    appointment and no message in flight since then; returns how many. Preferences stay."""
+    return await conn.fetchval(
+        """WITH idle AS (
+             SELECT c.patient_id, c.wechat_openid FROM contacts c
+             WHERE c.updated_at < $1
+               AND (c.mobile_ciphertext IS NOT NULL OR c.mobile_hash IS NOT NULL OR c.wechat_openid IS NOT NULL)
+               AND NOT EXISTS (SELECT FROM referral_routes r
+                               WHERE r.patient_id = c.patient_id AND r.updated_at >= $1)
+               AND NOT EXISTS (SELECT FROM referral_routes r JOIN appointments a USING (referral_id)
+                               WHERE r.patient_id = c.patient_id AND a.start_at >= $1)
+               -- A receipt can turn a SENT delivery into a fallback that needs the other channel.
+               AND NOT EXISTS (SELECT FROM notifications n JOIN deliveries d ON d.notification_id = n.id
+                               WHERE n.recipient = c.patient_id
+                                 AND (d.status IN ('PENDING', 'SENDING')
+                                      OR (d.status = 'SENT' AND d.updated_at >= $1)))
+             ORDER BY c.updated_at LIMIT $2
+             FOR UPDATE OF c SKIP LOCKED),
+           cleared AS (
+             UPDATE contacts c SET mobile_ciphertext = NULL, mobile_hash = NULL, mobile_masked = NULL,
+                                   wechat_openid = NULL
+             FROM idle WHERE c.patient_id = idle.patient_id
+             RETURNING idle.wechat_openid AS openid),
+           choices AS (
+             DELETE FROM wechat_template_choices w WHERE w.openid IN (SELECT openid FROM cleared)
+               AND NOT EXISTS (SELECT FROM contacts o WHERE o.wechat_openid = w.openid
+                                 AND o.patient_id NOT IN (SELECT patient_id FROM idle)))
+           SELECT count(*) FROM cleared""", cutoff, batch)
+
 # --------------------------------------------------------------------- routes
 
 

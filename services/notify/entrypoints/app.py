@@ -18,6 +18,7 @@ Settings (all optional on one machine):
   NOTIFY_SMS_SAME_TEMPLATE_PER_DAY (3), NOTIFY_SMS_PER_DAY (8), NOTIFY_SMS_PER_HOUR (4),
   NOTIFY_SMS_MIN_SPACING_SECONDS (35)
   NOTIFY_REMINDER_DAY_BEFORE_AT ("18:00"), NOTIFY_REMINDER_BEFORE_MINUTES (120), NOTIFY_TEMPLATES_FILE
+  NOTIFY_CONTACT_RETENTION_DAYS (180), NOTIFY_CONTACT_PURGE_SECONDS (3600): see service_layer.retention
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from services.common import membership
 from services.common.app import AppContext, ServiceParts
 from services.common.config import Settings
+from services.common.periodic import periodic
 from services.notify.adapters.channels import (
     AliyunSmsChannel,
     TencentSmsChannel,
@@ -46,6 +48,7 @@ from services.notify.entrypoints.receipts_server import ReceiptsServer
 from services.notify.service_layer.dispatch import Channels, Dispatcher, DispatchSettings
 from services.notify.service_layer.notifications import Clock, NotifyConfig, system_clock
 from services.notify.service_layer.receipts import apply_receipts, apply_wechat_choices
+from services.notify.service_layer.retention import forget_idle_contacts
 
 
 def _f(s: Settings, name: str, default: float) -> float:
@@ -136,8 +139,11 @@ class NotifyApp:
                                   on_wechat_choices=lambda choices: apply_wechat_choices(ctx.pool, choices))
         self.dispatcher, self.receipts, self.config = dispatcher, receipts, cfg
         servicer = NotifyServicer(ctx.pool, cfg, ctx.pii, on_new_delivery=dispatcher.wake)
+        retention = timedelta(days=_f(s, "NOTIFY_CONTACT_RETENTION_DAYS", 180))
+        forget_job = periodic("idle contacts cleared", _f(s, "NOTIFY_CONTACT_PURGE_SECONDS", 3600),
+                              lambda: forget_idle_contacts(ctx.pool, self.clock(), retention))
         return ServiceParts(registrars=[servicer.register], subscriptions=[*handlers.subscriptions(), membership.subscription("notify-membership")],
-                            background=[dispatcher.run, receipts.run], on_stop=[channels.aclose])
+                            background=[dispatcher.run, receipts.run, forget_job], on_stop=[channels.aclose])
 
 
 def build(ctx: AppContext) -> ServiceParts:

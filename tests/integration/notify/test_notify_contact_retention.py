@@ -1,0 +1,78 @@
+"""Notify forgets how to reach a patient who has had nothing from it for the retention."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from services.common import db as dbs
+from services.notify.service_layer.retention import forget_idle_contacts
+
+from .notify_support import Patient, Referral, eventually, new_openid, notify_service, publish, vendor_env
+
+RETENTION = timedelta(days=180)
+
+
+async def _contact(db, patient: Patient):
+    return await db.fetchrow("SELECT * FROM contacts WHERE patient_id = $1", patient.patient_id)
+
+
+async def _age(db, patients: list[Patient], *, routes: bool) -> None:
+    """Moves these patients' contact and messages (and, with `routes`, their referrals'
+    last event) 200 days into the past."""
+    ids = [p.patient_id for p in patients]
+    await db.execute("UPDATE contacts SET updated_at = now() - interval '200 days' WHERE patient_id = ANY($1)", ids)
+    await db.execute("UPDATE deliveries d SET updated_at = now() - interval '200 days' FROM notifications n "
+                     "WHERE n.id = d.notification_id AND n.recipient = ANY($1) AND d.status NOT IN ('PENDING', 'SENDING')",
+                     ids)
+    if routes:
+        await db.execute("UPDATE referral_routes SET updated_at = now() - interval '200 days' "
+                         "WHERE patient_id = ANY($1)", ids)
+
+
+async def test_an_idle_patients_number_is_forgotten_and_comes_back_with_the_next_referral(
+        stack, monkeypatch, vendors, broker, db):
+    wechat, aliyun, _ = vendors
+    idle = Referral(Patient(stack, openid=new_openid()))
+    booked = Referral(Patient(stack))   # an appointment still ahead
+    recent = Referral(Patient(stack))   # a referral event inside the retention
+    held = Referral(Patient(stack))     # a message still waiting to go
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)):
+        for r in (idle, booked, recent, held):
+            await publish(broker, r.accepted(), r)
+        await publish(broker, booked.scheduled([booked.item(datetime.now(UTC) + timedelta(days=3))]), booked)
+        await eventually(lambda: len(wechat.accepted) == 1 and len(aliyun.accepted) >= 4)
+    # Only the appointment keeps `booked`: its reminders are called off.
+    await db.execute("UPDATE deliveries d SET status = 'CANCELLED' FROM notifications n "
+                     "WHERE n.id = d.notification_id AND n.recipient = $1 AND d.status = 'PENDING'",
+                     booked.patient.patient_id)
+    await db.execute("UPDATE deliveries d SET status = 'PENDING', due_at = now() + interval '1 day' "
+                     "FROM notifications n WHERE n.id = d.notification_id AND n.recipient = $1",
+                     held.patient.patient_id)
+    await db.execute("UPDATE contacts SET opt_out_non_essential = true WHERE patient_id = $1", idle.patient.patient_id)
+    await db.execute("INSERT INTO wechat_template_choices (openid, template_id, accepted, decided_at) "
+                     "VALUES ($1, 'wx-tmpl-booking', false, now() - interval '200 days')", idle.patient.openid)
+    await _age(db, [idle.patient, booked.patient, recent.patient, held.patient], routes=False)
+    await _age(db, [idle.patient, booked.patient, held.patient], routes=True)
+
+    pool = await dbs.create_pool(stack.database_url, "notify", min_size=1, max_size=2)
+    try:
+        assert await forget_idle_contacts(pool, datetime.now(UTC), RETENTION, batch=1) == 1
+        assert await forget_idle_contacts(pool, datetime.now(UTC), RETENTION) == 0
+    finally:
+        await pool.close()
+
+    gone = await _contact(db, idle.patient)
+    assert (gone["mobile_ciphertext"], gone["mobile_hash"], gone["mobile_masked"], gone["wechat_openid"]) == (
+        None, None, None, None)
+    assert gone["opt_out_non_essential"]  # the patient's choice outlives the number
+    assert await db.fetchval("SELECT count(*) FROM wechat_template_choices WHERE openid = $1", idle.patient.openid) == 0
+    for kept in (booked, recent, held):
+        row = await _contact(db, kept.patient)
+        assert row["mobile_ciphertext"] and row["mobile_hash"] and row["mobile_masked"]
+
+    again = Referral(idle.patient)
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)):
+        await publish(broker, again.accepted(), again)
+        await eventually(lambda: len(wechat.accepted) == 2)
+    back = await _contact(db, idle.patient)
+    assert back["mobile_ciphertext"] and back["wechat_openid"] == idle.patient.openid
+    assert wechat.accepted[-1]["openid"] == idle.patient.openid
