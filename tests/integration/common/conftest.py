@@ -4,9 +4,23 @@ import asyncpg
 import pytest
 from nats.js.api import StreamConfig
 
+from common.v1 import types_pb2
 from services.common import db, messaging
+from services.common.consumer import Subscription
 
 TEST_STREAM = "RUNTIME_TEST"
+
+
+def recording(prefix: str, hospital: str) -> tuple[Subscription, list[str]]:
+    """A durable consumer of one hospital's test events, and the ids it applies, in order."""
+    applied: list[str] = []
+
+    async def effect(conn, env, payload):
+        applied.append(env.event_id)
+
+    sub = Subscription(durable=f"{prefix}_{hospital}", stream=TEST_STREAM,
+                       filter_subjects=[f"common.v1.Date.{hospital}"]).on(types_pb2.Date, effect)
+    return sub, applied
 
 
 @pytest.fixture

@@ -3,25 +3,16 @@ import asyncio
 import time
 import uuid
 
-import pytest
-
-from common.v1 import types_pb2
-from services.common.consumer import EventConsumer, Subscription
+from services.common.consumer import EventConsumer
 from services.common.outbox import OutboxRelay
 
-from .conftest import TEST_STREAM
+from .conftest import recording
 from .test_outbox_inbox import _write_events
 
 
 async def test_consumer_resumes_after_nats_restart(stack, pool, broker, schema):
     hospital = f"H{uuid.uuid4().hex[:6]}"
-    got: list[str] = []
-
-    async def effect(conn, env, payload):
-        got.append(env.event_id)
-
-    sub = Subscription(durable=f"n_{hospital}", stream=TEST_STREAM,
-                       filter_subjects=[f"common.v1.Date.{hospital}"]).on(types_pb2.Date, effect)
+    sub, got = recording("n", hospital)
     consumer = EventConsumer(broker, pool, sub, fetch_timeout=0.5)
     relay = OutboxRelay(pool, broker, schema, dsn=stack.database_url, poll_seconds=0.2)
     consumer.start()

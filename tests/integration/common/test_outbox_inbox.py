@@ -9,7 +9,7 @@ from services.common.consumer import EventConsumer, PermanentError, Subscription
 from services.common.outbox import OutboxRelay
 from tests.support.metrics import metric
 
-from .conftest import TEST_STREAM
+from .conftest import TEST_STREAM, recording
 
 
 async def _write_events(pool, hospital: str, n: int) -> list[str]:
@@ -231,13 +231,7 @@ async def test_inbox_purge_keeps_what_a_replay_could_still_bring_back(stack, poo
     hospital = f"H{uuid.uuid4().hex[:6]}"
     ids = await _write_events(pool, hospital, 3)
     rows = await pool.fetch("SELECT subject, payload FROM outbox WHERE event_id = ANY($1::uuid[]) ORDER BY seq", ids)
-    applied: list[str] = []
-
-    async def effect(conn, env, payload):
-        applied.append(env.event_id)
-
-    sub = Subscription(durable=f"p_{hospital}", stream=TEST_STREAM,
-                       filter_subjects=[f"common.v1.Date.{hospital}"]).on(types_pb2.Date, effect)
+    sub, applied = recording("i", hospital)
     consumer = EventConsumer(broker, pool, sub, fetch_timeout=0.3)
     consumer.start()
     # Published without a message id: each copy reaches the consumer, as one a replay

@@ -4,10 +4,10 @@ import asyncio
 import uuid
 
 from common.v1 import types_pb2
-from services.common import messaging, outbox
+from services.common import messaging
 from services.common.consumer import EventConsumer, Subscription
 
-from .conftest import TEST_STREAM
+from .conftest import TEST_STREAM, recording
 from .test_outbox_inbox import _count, _write_events
 
 
@@ -57,13 +57,7 @@ async def test_replay_beyond_dedupe_window_is_absorbed_by_inbox(stack, pool, bro
     """Publishing the same event id again under a new Nats-Msg-Id (as a replay after the
     broker's duplicate window would) changes nothing downstream."""
     hospital = f"H{uuid.uuid4().hex[:6]}"
-    applied = []
-
-    async def effect(conn, env, payload):
-        applied.append(env.event_id)
-
-    sub = Subscription(durable=f"r_{hospital}", stream=TEST_STREAM,
-                       filter_subjects=[f"common.v1.Date.{hospital}"]).on(types_pb2.Date, effect)
+    sub, applied = recording("r", hospital)
     consumer = EventConsumer(broker, pool, sub, fetch_timeout=0.3)
     consumer.start()
     event = types_pb2.Date(year=2026, month=1, day=2)
