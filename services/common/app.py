@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -16,14 +17,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 import uvloop
 from prometheus_client import start_http_server
 
-from services.common import auth, config, db, messaging
+from services.common import auth, config, db, dead_letters, messaging
 from services.common import logging as logs
 from services.common.consumer import EventConsumer, Subscription, inbox_retention, purge_inbox
 from services.common.grpc_server import GrpcServer, Registrar, server_credentials
@@ -95,9 +95,8 @@ class ServiceApp:
         broker = await messaging.Broker.connect(s.nats_url, name=s.service,
                                                 stream_replicas=s.nats_stream_replicas)
         await broker.ensure_stream(s.service, s.nats_stream_replicas)
-        outbox_retention = timedelta(hours=s.outbox_retention_hours)
         relay = OutboxRelay(pool, broker, s.schema, dsn=s.database_url, poll_seconds=s.outbox_poll_seconds,
-                            retention=outbox_retention)
+                            retention=s.outbox_retention)
         if not s.pii_encryption_keys and not s.dev_mode:
             raise SystemExit("PII_ENCRYPTION_KEYS and PII_HASH_KEY are required (DEV_MODE=1 generates local keys)")
         self.ctx = AppContext(s, pool, broker, relay, PiiCipher.from_config(
@@ -109,7 +108,7 @@ class ServiceApp:
             consumer.start()
             self._consumers.append(consumer)
         inbox_purge = periodic("inbox purged", s.inbox_purge_seconds, lambda: purge_inbox(
-            pool, inbox_retention(outbox_retention)))
+            pool, inbox_retention(s.outbox_retention)))
         for job in (*self._parts.background, inbox_purge):
             self._tasks.append(asyncio.create_task(job()))
         self.grpc = GrpcServer(s.grpc_port, self._parts.registrars, verifier=verifier_for(s),
@@ -225,9 +224,39 @@ def supervise(settings: config.Settings, workers: int, argv: list[str]) -> int:
     return code
 
 
+async def _dead_letter_command(settings: config.Settings, command: str, ids: list[int], everything: bool) -> int:
+    pool = await db.create_pool(settings.database_url, settings.schema, min_size=1, max_size=2)
+    try:
+        if command == "dead-letters":
+            for letter in await dead_letters.pending(pool, include_redelivered=everything, limit=10_000):
+                print(json.dumps(letter.as_dict(), ensure_ascii=False))
+            return 0
+        broker = await messaging.Broker.connect(settings.nats_url, name=f"{settings.service}-redeliver")
+        refused = 0
+        try:
+            for dead_letter_id in ids:
+                try:
+                    letter = await dead_letters.redeliver(pool, broker, dead_letter_id,
+                                                          inbox_retention=inbox_retention(settings.outbox_retention))
+                except dead_letters.RedeliveryRefused as exc:
+                    refused += 1
+                    print(f"refused: {exc}", file=sys.stderr)
+                    continue
+                print(json.dumps(letter.as_dict(), ensure_ascii=False))
+        finally:
+            await broker.close()
+        return 1 if refused else 0
+    finally:
+        await pool.close()
+
+
 def main(service: str, build: Builder, argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
-    parser.add_argument("command", choices=["serve", "migrate"], nargs="?", default="serve")
+    parser.add_argument("command", choices=["serve", "migrate", "dead-letters", "redeliver"], nargs="?",
+                        default="serve", help="dead-letters lists the events its consumers gave up on (JSON "
+                        "lines); redeliver ID... hands them back to their stream (services.common.dead_letters)")
+    parser.add_argument("ids", nargs="*", type=int, help="redeliver: the dead letters' ids")
+    parser.add_argument("--all", action="store_true", help="dead-letters: those already redelivered too")
     args = parser.parse_args(argv)
     settings = config.load(service)
     logs.configure(settings.log_level, service=service)
@@ -235,6 +264,10 @@ def main(service: str, build: Builder, argv: list[str] | None = None) -> None:
         applied = asyncio.run(db.migrate(settings.database_url, settings.schema, service))
         log.info("migrations done", applied=applied)
         return
+    if args.command in ("dead-letters", "redeliver"):
+        if args.command == "redeliver" and not args.ids:
+            parser.error("redeliver needs the ids of the dead letters (see dead-letters)")
+        sys.exit(asyncio.run(_dead_letter_command(settings, args.command, args.ids, args.all)))
     workers = worker_count(settings)
     worker = os.environ.get(WORKER_ENV)
     if workers > 1 and worker is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 DEFAULT_GRPC_PORTS = {"referral": 50051, "scheduling": 50052, "notify": 50053}
@@ -77,6 +78,10 @@ class Settings:
     @property
     def schema(self) -> str:
         return self.service
+
+    @property
+    def outbox_retention(self) -> timedelta:
+        return timedelta(hours=self.outbox_retention_hours)
 
     def get(self, name: str, default: str = "") -> str:
         """Service-specific settings (e.g. SMS_VENDOR) still come from the environment."""
