@@ -140,7 +140,22 @@ def cpu_rows(r: dict) -> list[str]:
             f"                  echo {e['total']:.3f} (" + ", ".join(
                 f"{k} {v:.3f}" for k, v in e.items() if k != "total") + ")",
             f"A create costs the CPU of {c['total'] / e['total']:.1f} echo calls: on {cores} cores its CPU bound is "
-            f"{1000 * cores / c['total']:.0f}/s, the echo's {1000 * cores / e['total']:.0f}/s."]
+            f"{1000 * cores / c['total']:.0f}/s, the echo's {1000 * cores / e['total']:.0f}/s.",
+            *floor_rows(r, c, e, cores)]
+
+
+def floor_rows(r: dict, c: dict, e: dict, cores: int) -> list[str]:
+    """What the targets would ask of the referral service: the rest of a create's CPU as it
+    is (the client, PostgreSQL writing the create's rows, NATS, notify handling its event)
+    bounds the ratio and the throughput even if the service itself cost nothing."""
+    rest = c["total"] - c.get("referral", 0.0)
+    if rest <= 0:
+        return []
+    needed = r["concurrency"] / (TARGETS["create_p99_ms"] / 1000)
+    return [f"Without the referral service's own CPU, the rest of a create costs {rest:.3f} ms "
+            f"({rest / e['total']:.1f} echo calls): at most {e['total'] / rest:.2f} of the echo ceiling "
+            f"(target {TARGETS['create_vs_echo']:g}) and {1000 * cores / rest:,.0f}/s at 100 % of {cores} cores "
+            f"(the p99 target needs more than {needed:,.0f}/s)."]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,3 +36,5 @@ async def test_a_two_second_bench_fills_every_column(tmp_path):
     assert result["create_by_concurrency"]["1"]["calls"] > 0
     text = table(result)
     assert "CreateReferral" in text and "echo calls" in text and "needs more than 160 creates/s" in text
+    rest = create_cpu["total"] - create_cpu["referral"]
+    assert f"Without the referral service's own CPU, the rest of a create costs {rest:.3f} ms" in text
