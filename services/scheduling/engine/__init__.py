@@ -57,7 +57,8 @@ Solution (``solution.py``)
     result, no consultation or admission) counts as placed, has no assignments and is
     listed in ``Solution.placed_without_items`` (so ``placed_referral_ids()`` has it).
 
-Hard rules: capacity and pools; the patient's available days; deadlines by urgency;
+Hard rules: capacity and pools; the patient's available days; deadlines by urgency
+(a referral waiting past its deadline gets its urgency's window again from today);
 exam preparation days; exams before (or after) the consultation with a minimum gap on
 one day; admission not before the consultation; a stay is consecutive nights in one
 bed (so transfers are zero by construction); bed department or specialism, age

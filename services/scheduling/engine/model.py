@@ -233,7 +233,8 @@ class ClinicQuota:
 
 @dataclass(frozen=True)
 class Deadlines:
-    """Last allowed day of every item, counted from the accepted day (hard)."""
+    """Last allowed day of every item, counted from the accepted day (hard; once passed,
+    counted again from today: see ``deadline_day``)."""
 
     emergency_days: int = 0
     urgent_days: int = 2
@@ -308,8 +309,14 @@ class Problem:
 
 
 def deadline_day(problem: Problem, referral: Referral) -> int:
-    """Last day (inclusive) any item of the referral may take place."""
-    last = referral.accepted_day + problem.config.deadlines.for_urgency(referral.urgency)
+    """Last day (inclusive) any item of the referral may take place: its urgency's window
+    from the day it was accepted. A referral still waiting once that window has closed (an
+    emergency accepted after the day's last session, capacity that never freed up) gets
+    the same window again from today: it goes to the first place free, not to none."""
+    window = problem.config.deadlines.for_urgency(referral.urgency)
+    last = referral.accepted_day + window
+    if last < 0:
+        last = window
     return min(last, problem.horizon_days - 1)
 
 

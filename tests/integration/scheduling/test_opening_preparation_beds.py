@@ -7,6 +7,7 @@ from common.v1 import types_pb2
 from referral.v1 import types_pb2 as rtypes
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
+from services.scheduling.adapters import repository as repo
 from services.scheduling.domain import calendar
 from services.scheduling.service_layer import allocation, jobs, queries, rendering
 from services.scheduling.service_layer.allocation import Scheduler, allocate
@@ -163,3 +164,25 @@ async def test_without_a_policy_an_urgent_admission_accepted_in_the_evening_find
                              dates=[today() + timedelta(days=2)])
     plain = await _allocate(app, last_day_only, evening)
     assert plain.reason_code == "NO_BED_NIGHTS_BEFORE_DEADLINE" and allocation.RELEASED_BEDS_NOTE not in plain.reason
+
+
+async def test_an_emergency_accepted_after_the_last_session_goes_to_the_next_mornings(stack, app, stub, hospital):
+    """Waitlisted in the evening (nothing left that day), it is booked by the first
+    re-optimisation of the next day instead of waiting for a desk that would act too late."""
+    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
+    tomorrow = today() + timedelta(days=1)
+    await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
+        session(f"{hospital}-S1", today(), total=10, reserved=3, start="08:00", end="09:00"),
+        session(f"{hospital}-S2", tomorrow, total=10, reserved=3, start="08:00", end="09:00")]), metadata=desk)
+    snap = referral(hospital, urgency=types_pb2.URGENCY_EMERGENCY)
+    evening = calendar.at(today(), 19 * 60)
+    waiting = await _allocate(app, snap, evening)
+    assert waiting.waitlisted and waiting.reason_code == "NO_CONSULTATION_SLOT_BEFORE_DEADLINE"
+    async with app.ctx.pool.acquire() as conn, conn.transaction():
+        assert await allocation.reoptimise(conn, SCHED, hospital, now=evening + timedelta(minutes=30)) == []
+        assert await allocation.reoptimise(conn, SCHED, hospital, now=calendar.at(tomorrow, 30)) == [
+            snap.referral_id]
+    async with app.ctx.pool.acquire() as conn:
+        booking = await repo.live_booking_of(conn, snap.referral_id)
+        consult, = await rendering.items_of(conn, booking["booking_id"])
+    assert _day(consult) == tomorrow

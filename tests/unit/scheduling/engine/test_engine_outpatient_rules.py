@@ -102,6 +102,21 @@ def test_deadlines_by_urgency():
     assert not solve(replace(emergency, outpatient_slots=(slot("d2", 2),))).placed_referral_ids()
 
 
+def test_a_referral_waiting_past_its_deadline_gets_its_window_again_from_today():
+    """An emergency accepted yesterday evening, after the last session, goes to this
+    morning's; an urgent one still within its window keeps it."""
+    today = (slot("t0", 0),)
+    overdue = Problem(7, (referral("e", Urgency.EMERGENCY, accepted=-1, consultation=CARD),), today)
+    assert solve(overdue).items_of("e")["consultation"].resource_id == "t0"
+    assert solve_greedy(overdue).placed_referral_ids() == {"e"}
+    long_ago = Problem(7, (referral("u", Urgency.URGENT, accepted=-3, consultation=CARD),), (slot("s2", 2),))
+    assert solve(long_ago).placed_referral_ids() == {"u"}
+    assert not solve(replace(long_ago, outpatient_slots=(slot("s3", 3),))).placed_referral_ids()
+    in_window = Problem(7, (referral("w", Urgency.URGENT, accepted=-1, consultation=CARD),), (slot("s2", 2),))
+    s = solve(in_window)
+    assert s.unplaced_by_id()["w"].reason == ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE
+
+
 def test_the_patients_available_days_are_respected():
     p = Problem(7, (referral("r", days=frozenset({2}), consultation=CARD),), (slot("s0", 0), slot("s2", 2)))
     assert solve(p).items_of("r")["consultation"].day == 2
