@@ -9,7 +9,7 @@ its inbox and does nothing. That holds only while the inbox still has the event,
 dead letter older than the inbox retention is refused.
 
 A redelivered event arrives after the events published since: check the aggregate's
-later events (`list` shows the event type and aggregate) before handing back one whose
+later events (`dead-letters` shows its event type and aggregate) before handing back one whose
 effect they have overtaken, such as a booking message after its cancellation.
 """
 from __future__ import annotations
