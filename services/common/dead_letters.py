@@ -73,14 +73,14 @@ async def redeliver(pool: asyncpg.Pool, broker: messaging.Broker, dead_letter_id
                     inbox_retention: timedelta) -> DeadLetter:
     """Publishes one dead letter's event to its subject again and marks it redelivered."""
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow("SELECT * FROM dead_letters WHERE id = $1 FOR UPDATE", dead_letter_id)
+        row = await conn.fetchrow("SELECT *, now() - created_at AS age FROM dead_letters WHERE id = $1 FOR UPDATE",
+                                  dead_letter_id)
         if row is None:
             raise RedeliveryRefused(f"no dead letter {dead_letter_id}")
         letter = _from_row(row)
         if letter.redelivered_at is not None:
             raise RedeliveryRefused(f"dead letter {dead_letter_id} was redelivered at {letter.redelivered_at}")
-        age = await conn.fetchval("SELECT now() - $1::timestamptz", letter.created_at)
-        if age >= inbox_retention:
+        if row["age"] >= inbox_retention:
             raise RedeliveryRefused(
                 f"dead letter {dead_letter_id} is older than the inbox retention ({inbox_retention.days} days): "
                 "other consumers may no longer know they handled it; apply its effect by hand")

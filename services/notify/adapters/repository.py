@@ -107,7 +107,7 @@ async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch:
                                WHERE n.recipient = c.patient_id
                                  AND (d.status IN ('PENDING', 'SENDING')
                                       OR (d.status = 'SENT' AND d.updated_at >= $1)))
-             ORDER BY c.updated_at LIMIT $2
+             LIMIT $2
              FOR UPDATE OF c SKIP LOCKED),
            cleared AS (
              UPDATE contacts c SET mobile_ciphertext = NULL, mobile_hash = NULL, mobile_masked = NULL,
