@@ -74,7 +74,8 @@ def sessions(now: datetime) -> list[pb.OutpatientSession]:
                         session_id=f"HOSP01-{doctor_id}-{day:%Y%m%d}-{'AM' if half == pb.HALF_DAY_AM else 'PM'}",
                         department=dept, doctor_id=doctor_id, doctor_name=name, title=title, date=_date(day),
                         half_day=half, start_time=start, end_time=end, slot_minutes=30, total_places=total,
-                        place=events_pb2.Place(building=building, floor=place[3:5], room=place.split(" ")[1])))
+                        place=events_pb2.Place(building=building, floor=place[3:5], room=place.split(" ")[1]),
+                        department_name=place.split(" ")[1]))  # each room is named after its department
     return out
 
 

@@ -39,6 +39,21 @@ async def exam_capacity(conn, hospital_id: str, start: datetime, end: datetime,
                             hospital_id, start, end, movable)
 
 
+async def next_slot_start(conn, hospital_id: str, after: datetime) -> datetime | None:
+    """The start of the hospital's next outpatient or exam slot, taken or not."""
+    return await conn.fetchval("""
+        SELECT least((SELECT min(start_at) FROM slots WHERE hospital_id = $1 AND resource_type = 'outpatient'
+                                                        AND start_at > $2),
+                     (SELECT min(start_at) FROM slots WHERE hospital_id = $1 AND resource_type = 'exam'
+                                                        AND start_at > $2))""", hospital_id, after)
+
+
+async def department_name(conn, hospital_id: str, department: str) -> str | None:
+    """The name the hospital last published for a department (sessions.department_name)."""
+    return await conn.fetchval("SELECT department_name FROM sessions WHERE hospital_id = $1 AND department = $2 "
+                               "AND department_name <> '' ORDER BY day DESC LIMIT 1", hospital_id, department)
+
+
 async def preparation_days(conn, hospital_id: str) -> dict[str, int]:
     rows = await conn.fetch("SELECT modality, max(preparation_days) AS days FROM exam_channels "
                             "WHERE hospital_id = $1 GROUP BY modality", hospital_id)

@@ -40,6 +40,11 @@ def day_at(today: date, index: int) -> date:
     return today + timedelta(days=index)
 
 
+def zh_date(day: date) -> str:
+    """A date as clinics and patients read it: "11月27日"."""
+    return f"{day.month}月{day.day}日"
+
+
 def cut(start_minute: int, end_minute: int, length: int) -> list[int]:
     """Start minutes of the whole slots of `length` between start and end."""
     if length <= 0 or end_minute <= start_minute:

@@ -123,10 +123,10 @@ class Verdict:
         parts = [f"{m}检查（患者{CONDITION_TEXT.get(c, label)}，属“{label}”禁忌）" for _, m, c, label in self.contraindicated]
         return "以下检查存在禁忌，未予预约：" + "；".join(parts) + "。请转诊医生更换检查方式后重新提交"
 
-    def unmet_text(self) -> str:
+    def unmet_text(self, deadline: str) -> str:
         missing = sorted({m for ms in self.unmet.values() for m in ms})
         names = "、".join(RESULT_TEXT.get(m, m) for m in missing)
-        return f"检查前需先完成{names}检验，在截止日期前无法安排检验后的检查号源，已进入候补队列"
+        return f"检查前需先完成{names}检验，截止日（{deadline}）前在患者可就诊的日期内无法安排检验后的检查号源"
 
 
 def check(exam_needs: list[tuple[str, str, bool]], prior_results: set[str], conditions: frozenset[str],

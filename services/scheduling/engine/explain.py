@@ -1,4 +1,5 @@
-"""Why a referral could not be placed, as a machine code and a bilingual sentence."""
+"""Why a referral could not be placed: the first cause found, from the patient's days to the
+competition for capacity (the sentences are in solution.py)."""
 
 from __future__ import annotations
 
@@ -7,42 +8,9 @@ from .options import Catalog, ReferralOptions, bed_admits
 from .placement import Usage, place_referral
 from .solution import ReasonCode, UnplacedReferral
 
-_TEXTS: dict[ReasonCode, tuple[str, str]] = {
-    ReasonCode.NO_PATIENT_DAY_BEFORE_DEADLINE: (
-        "The patient can come on no day before the deadline (day {deadline}).",
-        "截止日（第{deadline}天）前患者没有可就诊的日期。",
-    ),
-    ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE: (
-        "No outpatient slot of {what} is open to this referral on the patient's days before the deadline (day {deadline}).",
-        "截止日（第{deadline}天）前，在患者可就诊的日期内没有{what}可用的门诊号源。",
-    ),
-    ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE: (
-        "No {what} exam slot is open to this referral on the patient's days before the deadline (day {deadline}), allowing for preparation.",
-        "考虑检查准备时间后，截止日（第{deadline}天）前在患者可就诊的日期内没有可用的{what}检查号源。",
-    ),
-    ReasonCode.NO_MATCHING_BED: (
-        "No bed matches the admission (department or specialism, age limits, gender policy, required equipment).",
-        "没有符合住院要求（科室或专科、年龄限制、性别安排、必需设备）的床位。",
-    ),
-    ReasonCode.NO_BED_NIGHTS_BEFORE_DEADLINE: (
-        "No matching bed is free for {what} consecutive nights starting before the deadline (day {deadline}).",
-        "截止日（第{deadline}天）前没有连续{what}晚空闲且符合要求的床位。",
-    ),
-    ReasonCode.ORDER_INFEASIBLE: (
-        "Each item has free capacity, but not in the required order (exams before the consultation, admission after it, minimum gap) before the deadline (day {deadline}).",
-        "各项目单独均有号源，但在截止日（第{deadline}天）前无法按要求的顺序（先检查后就诊、就诊后入院、最小间隔）安排。",
-    ),
-    ReasonCode.CAPACITY_TAKEN: (
-        "The referral fits on its own, but the capacity before the deadline (day {deadline}) went to other referrals (more urgent, or better use of the reservation).",
-        "该转诊单独可以安排，但截止日（第{deadline}天）前的号源已分配给其他转诊（更紧急或更能充分利用预留资源）。",
-    ),
-}
-
 
 def unplaced(problem: Problem, ro: ReferralOptions, reason: ReasonCode, item_id: str | None, what: str = "") -> UnplacedReferral:
-    en, zh = _TEXTS[reason]
-    values = {"deadline": deadline_day(problem, ro.referral), "what": what}
-    return UnplacedReferral(ro.referral.referral_id, reason, en.format(**values), zh.format(**values), item_id)
+    return UnplacedReferral(ro.referral.referral_id, reason, deadline_day(problem, ro.referral), item_id, what)
 
 
 def diagnose(problem: Problem, cat: Catalog, ro: ReferralOptions, fresh: Usage) -> UnplacedReferral:

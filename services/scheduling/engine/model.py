@@ -234,7 +234,7 @@ class ClinicQuota:
 @dataclass(frozen=True)
 class Deadlines:
     """Last allowed day of every item, counted from the accepted day (hard; once passed,
-    counted again from today: see ``deadline_day``)."""
+    counted again from the hospital's next open day: see ``deadline_day``)."""
 
     emergency_days: int = 0
     urgent_days: int = 2
@@ -306,17 +306,23 @@ class Problem:
     existing: tuple[ExistingBooking, ...] = ()
     quotas: tuple[ClinicQuota, ...] = ()
     config: Config = field(default_factory=Config)
+    # The first day with an outpatient or exam slot of the hospital still to start (1 once
+    # today's last has begun, more over a weekend), taken or not: a window that closes
+    # before it is counted again from it.
+    first_open_day: int = 0
 
 
 def deadline_day(problem: Problem, referral: Referral) -> int:
     """Last day (inclusive) any item of the referral may take place: its urgency's window
     from the day it was accepted. A referral still waiting once that window has closed (an
     emergency accepted after the day's last session, capacity that never freed up) gets
-    the same window again from today: it goes to the first place free, not to none."""
+    the same window again from the hospital's next open day: it goes to the first place
+    free, not to none, and an evening emergency is booked at once into the next morning
+    rather than after midnight."""
     window = problem.config.deadlines.for_urgency(referral.urgency)
     last = referral.accepted_day + window
-    if last < 0:
-        last = window
+    if last < problem.first_open_day:
+        last = problem.first_open_day + window
     return min(last, problem.horizon_days - 1)
 
 

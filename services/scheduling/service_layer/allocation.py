@@ -195,8 +195,11 @@ _DEADLINE_REASONS = (engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE, engine.Reas
 # Reasons "no slot of this kind before the deadline", by the kind of slot.
 _SLOT_REASONS = {engine.ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE: "outpatient",
                  engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE: "exam"}
-RELEASED_NOTE = "；这些日期的预留号源已过释放时限、退回普通号池，可请医院从普通号源加号。"
-RELEASED_BEDS_NOTE = "；这些日期的预留床位已过释放时限、退回普通床位，可请医院从普通床位安排入院。"
+RELEASED_NOTE = "；这些日期的预留号源已过释放时限、退回普通号池，可请医院从普通号源加号"
+RELEASED_BEDS_NOTE = "；这些日期的预留床位已过释放时限、退回普通床位，可请医院从普通床位安排入院"
+# What the clinic can expect next: re-optimisation keeps trying, also past the deadline
+# (engine.deadline_day).
+WAITLIST_NOTE = "；已进入候补队列，有号源空出时自动安排，过了截止日仍会继续安排。"
 
 
 async def _released_in_window(conn, hospital_id: str, problem: engine.Problem, referral: engine.Referral,
@@ -256,12 +259,14 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
         solution = await sched.solve(problem, "allocate")
         if rid not in solution.placed_referral_ids() and rid in solution.unplaced_by_id():
             why = solution.unplaced_by_id()[rid]
-            code, text = why.reason.value, why.text_zh
             if demand.verdict.unmet and why.reason in _DEADLINE_REASONS:
-                code, text = exam_rules.PREPARATION_UNMET, demand.verdict.unmet_text()
-            elif note := await _released_in_window(conn, snapshot.hospital_id, problem, demand.referral, why,
-                                                   horizon, now):
-                text = text.rstrip("。") + note
+                code = exam_rules.PREPARATION_UNMET
+                text = demand.verdict.unmet_text(calendar.zh_date(horizon.date(why.deadline_day))) + WAITLIST_NOTE
+            else:
+                code, text = why.reason.value, await ea.reason_text(conn, snapshot.hospital_id, why, horizon)
+                note = await _released_in_window(conn, snapshot.hospital_id, problem, demand.referral, why,
+                                                 horizon, now)
+                text = text.rstrip("。") + note + WAITLIST_NOTE
             await _waitlist(conn, snapshot, code, text, request_id, first_time)
             return Outcome(rid, reason_code=code, reason=text)
         try:

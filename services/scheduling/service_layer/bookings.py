@@ -74,7 +74,8 @@ async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, 
     solution = await sched.solve(ea.problem(horizon, capacity, [demand]), "reschedule")
     if snapshot.referral_id not in solution.placed_referral_ids():
         why = solution.unplaced_by_id().get(snapshot.referral_id)
-        raise FailedPrecondition(f"没有可改约的号源：{why.text_zh if why else ''}", reason="NO_CAPACITY")
+        text = await ea.reason_text(conn, booking["hospital_id"], why, horizon) if why else ""
+        raise FailedPrecondition(f"没有可改约的号源：{text}", reason="NO_CAPACITY")
     previous = await rendering.items_of(conn, booking["booking_id"])
     await conn.execute("UPDATE beds SET status = 'FREE', held_booking_id = NULL, updated_at = now() "
                        "WHERE held_booking_id = $1", booking["booking_id"])

@@ -8,7 +8,7 @@ a re-optimisation) come as TENTATIVE ExistingBookings together with their referr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 from common.v1 import types_pb2
@@ -135,6 +135,7 @@ class Capacity:
     prep_days: dict[str, int]
     exam_rules: dict[str, exam_rules.ModalityRules] = field(default_factory=dict)
     policies: dict[str, ReservationPolicy] = field(default_factory=dict)
+    first_open_day: int = 0  # engine.Problem.first_open_day
 
 
 async def policies(conn, hospital_id: str) -> dict[str, ReservationPolicy]:
@@ -202,8 +203,11 @@ async def load_capacity(conn, hospital_id: str, horizon: Horizon, now: datetime,
     channels = await repo.exam_channel_rules(conn, hospital_id)
     rules = exam_rules.modality_rules([(c["modality"], c["contrast_agent"], list(c["required_results"]),
                                         list(c["contraindications"])) for c in channels])
+    next_slot = await repo.next_slot_start(conn, hospital_id, now)
+    # A hospital with no slot ahead (beds only, or none published yet) is taken as open today.
+    first_open_day = horizon.index(calendar.local_date(next_slot)) if next_slot is not None else 0
     return Capacity(tuple(outpatient), exams, tuple(departments.values()), tuple(rooms.values()), tuple(beds),
-                    await repo.preparation_days(conn, hospital_id), rules, pols)
+                    await repo.preparation_days(conn, hospital_id), rules, pols, max(0, first_open_day))
 
 
 def problem(horizon: Horizon, capacity: Capacity, demands: list[Demand],
@@ -213,7 +217,16 @@ def problem(horizon: Horizon, capacity: Capacity, demands: list[Demand],
         horizon_days=horizon.days, referrals=tuple(d.referral for d in demands),
         outpatient_slots=capacity.outpatient, exam_slots=capacity.exams, departments=capacity.departments,
         rooms=capacity.rooms, beds=capacity.beds, existing=existing,
-        quotas=tuple(engine.ClinicQuota(c, p) for c, p in sorted((quotas or {}).items())))
+        quotas=tuple(engine.ClinicQuota(c, p) for c, p in sorted((quotas or {}).items())),
+        first_open_day=capacity.first_open_day)
+
+
+async def reason_text(conn, hospital_id: str, why: engine.UnplacedReferral, horizon: Horizon) -> str:
+    """The engine's reason as the clinic reads it: in Chinese, the deadline named by its
+    date and the department by the name the hospital publishes for it."""
+    if why.reason == engine.ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE:
+        why = replace(why, what=await repo.department_name(conn, hospital_id, why.what) or why.what)
+    return why.text("zh", day=lambda d: calendar.zh_date(horizon.date(d)))
 
 
 def solve(prob: engine.Problem, time_limit: float, workers: int) -> engine.Solution:

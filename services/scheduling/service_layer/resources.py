@@ -149,6 +149,7 @@ async def publish_sessions(conn, req: pb.PublishSessionsRequest) -> pb.PublishSe
             v.check(s.session_id not in seen, f"{f}.session_id", "重复的出诊时段")
             seen.add(s.session_id)
         v.check(bool(s.department.strip()), f"{f}.department", "必填")
+        v.check(len(s.department_name) <= 32, f"{f}.department_name", "最多32个字符")
         v.check(s.title in TITLE, f"{f}.title", "须为专家号或普通号")
         v.check(s.half_day in HALF, f"{f}.half_day", "须为上午或下午")
         day = check_date(v, s.date, f"{f}.date")
@@ -177,16 +178,18 @@ async def publish_sessions(conn, req: pb.PublishSessionsRequest) -> pb.PublishSe
     for s, day, reserved in plans:
         await conn.execute("""
             INSERT INTO sessions (session_id, hospital_id, department, doctor_id, doctor_name, title, day, half_day,
-                                  total_places, reserved_places, overflow_places, building, floor, room)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                                  total_places, reserved_places, overflow_places, building, floor, room,
+                                  department_name)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
             ON CONFLICT (session_id) DO UPDATE SET department = EXCLUDED.department, doctor_id = EXCLUDED.doctor_id,
+                department_name = EXCLUDED.department_name,
                 doctor_name = EXCLUDED.doctor_name, title = EXCLUDED.title, day = EXCLUDED.day,
                 half_day = EXCLUDED.half_day, total_places = EXCLUDED.total_places,
                 reserved_places = EXCLUDED.reserved_places, overflow_places = EXCLUDED.overflow_places,
                 building = EXCLUDED.building, floor = EXCLUDED.floor, room = EXCLUDED.room""",
                            s.session_id, req.hospital_id, s.department.strip(), s.doctor_id, s.doctor_name,
                            TITLE[s.title], day, HALF[s.half_day], s.total_places, reserved, s.overflow_places,
-                           s.place.building, s.place.floor, s.place.room)
+                           s.place.building, s.place.floor, s.place.room, s.department_name.strip())
         desired = _session_slots(s, day, reserved)
         await _replace_slots(conn, req.hospital_id, "outpatient", "s.session_id = $1", (s.session_id,), desired,
                              {"session_id": s.session_id})

@@ -95,6 +95,8 @@ async def test_contrast_ct_without_kidney_result_gets_a_preparation_day_and_inst
     only_today = referral(hospital, exam("CT"), dates=[today()])
     unmet = await _allocate(app, only_today, now)
     assert unmet.waitlisted and unmet.reason_code == "PREPARATION_UNMET" and "肾功能" in unmet.reason
+    routine_deadline = calendar.zh_date(today() + timedelta(days=14))
+    assert f"截止日（{routine_deadline}）前" in unmet.reason and unmet.reason.endswith(allocation.WAITLIST_NOTE)
     # Pacemaker (ICD-10 Z95.0) and MRI: not booked, waitlisted with the reason in Chinese.
     paced = referral(hospital, consultation(), exam("MRI", need_id="n-mri"))
     paced.diagnosis_code = "Z95.0"
@@ -157,7 +159,7 @@ async def test_without_a_policy_an_urgent_admission_accepted_in_the_evening_find
     # general pool, and the reason says so (the desk can admit from there).
     third = await _allocate(app, referral(hospital, admission(nights=2), urgency=types_pb2.URGENCY_URGENT), evening)
     assert third.waitlisted and third.reason_code == "NO_BED_NIGHTS_BEFORE_DEADLINE"
-    assert third.reason.endswith(allocation.RELEASED_BEDS_NOTE)
+    assert third.reason.endswith(allocation.RELEASED_BEDS_NOTE + allocation.WAITLIST_NOTE)
     # A patient who can come only on the window's last day: nothing of that night was
     # released, so the plain reason.
     last_day_only = referral(hospital, admission(nights=2), urgency=types_pb2.URGENCY_URGENT,
@@ -166,20 +168,46 @@ async def test_without_a_policy_an_urgent_admission_accepted_in_the_evening_find
     assert plain.reason_code == "NO_BED_NIGHTS_BEFORE_DEADLINE" and allocation.RELEASED_BEDS_NOTE not in plain.reason
 
 
-async def test_an_emergency_accepted_after_the_last_session_goes_to_the_next_mornings(stack, app, stub, hospital):
-    """Waitlisted in the evening (nothing left that day), it is booked by the first
-    re-optimisation of the next day instead of waiting for a desk that would act too late."""
+async def test_an_emergency_accepted_after_the_last_session_is_booked_at_once_into_the_next_morning(
+        stack, app, stub, hospital):
+    """Today has no slot left to start: its window (today) counts from tomorrow, so the
+    patient is told tonight, not after midnight."""
     desk = stack.metadata(hospital, Role.REFERRAL_DESK)
     tomorrow = today() + timedelta(days=1)
     await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
         session(f"{hospital}-S1", today(), total=10, reserved=3, start="08:00", end="09:00"),
         session(f"{hospital}-S2", tomorrow, total=10, reserved=3, start="08:00", end="09:00")]), metadata=desk)
     snap = referral(hospital, urgency=types_pb2.URGENCY_EMERGENCY)
-    evening = calendar.at(today(), 19 * 60)
-    waiting = await _allocate(app, snap, evening)
+    booked = await _allocate(app, snap, calendar.at(today(), 19 * 60))
+    assert not booked.waitlisted, booked.reason
+    async with app.ctx.pool.acquire() as conn:
+        consult, = await rendering.items_of(conn, booked.booking_id)
+    assert _day(consult) == tomorrow
+
+
+async def test_an_emergency_left_waiting_by_a_full_day_is_told_its_deadline_and_booked_the_next_day(
+        stack, app, stub, hospital):
+    """Today still has a slot to start but it is taken: the emergency waits, the reason names
+    the deadline by its date and the department by its published name and says what happens
+    next, and once the window has closed the first re-optimisation books it into the next day."""
+    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
+    tomorrow = today() + timedelta(days=1)
+    afternoon = session(f"{hospital}-S1", today(), total=3, reserved=1, start="15:00", end="16:00", slot=60)
+    afternoon.department_name = "心内科"
+    await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
+        afternoon, session(f"{hospital}-S2", tomorrow, total=10, reserved=3, start="08:00", end="09:00")]),
+        metadata=desk)
+    noon = calendar.at(today(), 12 * 60)
+    first = await _allocate(app, referral(hospital, urgency=types_pb2.URGENCY_EMERGENCY), noon)
+    assert not first.waitlisted, first.reason
+    snap = referral(hospital, urgency=types_pb2.URGENCY_EMERGENCY)
+    waiting = await _allocate(app, snap, noon)
     assert waiting.waitlisted and waiting.reason_code == "NO_CONSULTATION_SLOT_BEFORE_DEADLINE"
+    assert f"截止日（{calendar.zh_date(today())}）前，在患者可就诊的日期内没有心内科可用的门诊号源" in waiting.reason, \
+        waiting.reason
+    assert waiting.reason.endswith(allocation.WAITLIST_NOTE)
     async with app.ctx.pool.acquire() as conn, conn.transaction():
-        assert await allocation.reoptimise(conn, SCHED, hospital, now=evening + timedelta(minutes=30)) == []
+        assert await allocation.reoptimise(conn, SCHED, hospital, now=noon + timedelta(hours=1)) == []
         assert await allocation.reoptimise(conn, SCHED, hospital, now=calendar.at(tomorrow, 30)) == [
             snap.referral_id]
     async with app.ctx.pool.acquire() as conn:

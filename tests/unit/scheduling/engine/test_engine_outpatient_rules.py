@@ -95,7 +95,9 @@ def test_deadlines_by_urgency():
     urgent = Problem(7, (referral("u", Urgency.URGENT, consultation=CARD),), late)
     s = solve(urgent)
     assert s.unplaced_by_id()["u"].reason == ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE
-    assert s.unplaced_by_id()["u"].text_zh and "deadline" in s.unplaced_by_id()["u"].text_en
+    why = s.unplaced_by_id()["u"]
+    assert why.deadline_day == 2 and "deadline (day 2)" in why.text_en and "截止日（第2天）前" in why.text_zh
+    assert "截止日（11月28日）前" in why.text("zh", day=lambda d: f"11月{26 + d}日")
     assert solve(replace(urgent, referrals=(referral("r", consultation=CARD),))).placed_referral_ids() == {"r"}
     emergency = Problem(7, (referral("e", Urgency.EMERGENCY, accepted=1, consultation=CARD),), (slot("d1", 1), slot("d2", 2)))
     assert solve(emergency).items_of("e")["consultation"].resource_id == "d1"
@@ -115,6 +117,20 @@ def test_a_referral_waiting_past_its_deadline_gets_its_window_again_from_today()
     in_window = Problem(7, (referral("w", Urgency.URGENT, accepted=-1, consultation=CARD),), (slot("s2", 2),))
     s = solve(in_window)
     assert s.unplaced_by_id()["w"].reason == ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE
+
+
+def test_a_window_closing_before_the_hospitals_next_open_day_counts_from_that_day():
+    """Accepted after today's last slot began (or on a Saturday): an emergency goes to the
+    next open day's first place at once; a window still reaching that day keeps its end."""
+    tonight = Problem(7, (referral("e", Urgency.EMERGENCY, consultation=CARD),), (slot("d1", 1), slot("d2", 2)),
+                      first_open_day=1)
+    assert solve(tonight).items_of("e")["consultation"].resource_id == "d1"
+    assert solve_greedy(tonight).placed_referral_ids() == {"e"}
+    assert not solve(replace(tonight, first_open_day=0)).placed_referral_ids()
+    weekend = replace(tonight, outpatient_slots=(slot("d2", 2), slot("d3", 3)), first_open_day=2)
+    assert solve(weekend).items_of("e")["consultation"].resource_id == "d2"
+    urgent = Problem(7, (referral("u", Urgency.URGENT, consultation=CARD),), (slot("d3", 3),), first_open_day=1)
+    assert solve(urgent).unplaced_by_id()["u"].deadline_day == 2
 
 
 def test_the_patients_available_days_are_respected():
