@@ -53,6 +53,7 @@ class Case:
     state: int = 0
     items: list = field(default_factory=list)
     down: str = ""
+    waitlist_reason: str = ""
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Day:
         while waiting and loop.time() < deadline:
             fresh = await asyncio.gather(*(self._get(c) for c in waiting))
             for case, r in zip(waiting, fresh):
-                case.state, case.items = r.state, list(r.scheduled_items)
+                case.state, case.items, case.waitlist_reason = r.state, list(r.scheduled_items), r.waitlist_reason
             waiting = [c for c in waiting if not done(c)]
             if waiting:
                 await asyncio.sleep(0.5)

@@ -51,6 +51,14 @@ def trips(result: DayResult) -> Counter:
                    for c in result.cases if c.items)
 
 
+def waitlist_lines(cases) -> list[str]:
+    """Each waiting referral's reason as its clinic reads it, the same sentences counted once."""
+    reasons = Counter((c.waitlist_reason, c.info["urgency"]) for c in cases
+                      if c.state == rtypes.REFERRAL_STATE_WAITLISTED)
+    return [f"    {n} {URGENCY_NAMES[u]}: {text or '-'}" for (text, u), n in
+            sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0]))]
+
+
 def text_report(result: DayResult, elapsed: float) -> str:
     st, cases = result.stats, result.cases
     up_states = Counter(rtypes.ReferralState.Name(c.state).removeprefix("REFERRAL_STATE_").lower() for c in cases)
@@ -60,6 +68,7 @@ def text_report(result: DayResult, elapsed: float) -> str:
          f"  up 上转 {st.up_count:4d}   down 下转 {st.down_count:4d}   kept inside 县域内就诊 {st.kept_inside_share:.1%}"
          f"   rejected {st.rejected_share:.1%}   returned {st.returned_share:.1%}   no-show 爽约 {st.no_show_share:.1%}",
          "  up-referrals by final state: " + ", ".join(f"{k} {v}" for k, v in sorted(up_states.items())),
+         *waitlist_lines(cases),
          f"  acceptance (submit->accept) median {_duration(st.acceptance.median_hours)},"
          f" scheduling (accept->booked) median {_duration(st.scheduling.median_hours)}", "",
          "Time to appointment 转诊到就诊 (hours, by urgency)",
