@@ -1,10 +1,13 @@
 """Transactional outbox: events are rows written with the change, relayed to JetStream.
 
 `add()` runs inside the caller's transaction, so an event exists if and only if the
-change committed. The relay claims unsent rows with FOR UPDATE SKIP LOCKED (replicas
-share the work), publishes each with Nats-Msg-Id = event id, and marks it sent only on
-PubAck. A crash between publish and mark-sent re-publishes the same id: JetStream's
-duplicate window and the consumers' inbox absorb it.
+change committed. One relay at a time per outbox claims a batch of the oldest unsent rows
+(a transaction-scoped advisory lock: the other replicas' relays stand by), publishes each
+with Nats-Msg-Id = event id, and marks it sent only on PubAck. Sharing the rows between
+replicas would let a later event of an aggregate overtake an earlier one that another
+replica holds (a cancellation published before the acceptance it cancels). A crash
+between publish and mark-sent re-publishes the same id: JetStream's duplicate window and
+the consumers' inbox absorb it; the crashed relay's lock goes with its connection.
 
 A claimed batch is published pipelined (every message written, then the acknowledgements
 awaited together: one round trip for the batch, not one per event), in waves so that an
@@ -31,6 +34,7 @@ PUBLISHED = Counter("outbox_published_total", "Outbox events published and ackno
 PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Outbox publish attempts that failed.", ("schema",))
 PENDING = Gauge("outbox_pending", "Unsent outbox rows seen at the last claim.", ("schema",))
 PUBLISH_TIMEOUT_SECONDS = 5.0  # for a PubAck, as for a JetStream request
+_RELAY_LOCK = 0x4F75_7442  # the advisory lock's first key, "OutB"; the second is the schema's hash
 
 
 async def add(conn: asyncpg.Connection, event: Message, *, aggregate_id: str, hospital_id: str,
@@ -112,6 +116,9 @@ class OutboxRelay:
         failures = 0
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
+            # Cleared before the round, not after: a commit's wake-up that arrives while a
+            # batch is in flight starts the next round at once instead of after a poll.
+            self._wake.clear()
             try:
                 await self._listen()
                 sent = await self.relay_once()
@@ -131,7 +138,6 @@ class OutboxRelay:
                 log.warning("outbox relay error", error=str(exc), failures=failures)
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** failures) * random.uniform(0.5, 1.0))
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._poll)
                 if self._gather and not self._stopping.is_set():
@@ -142,9 +148,12 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows were marked sent."""
         async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                                       _RELAY_LOCK, self._schema):
+                return 0  # another replica's relay is publishing this outbox
             rows = await conn.fetch(
                 "SELECT seq, event_id, subject, aggregate_id, payload FROM outbox WHERE sent_at IS NULL "
-                "ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED", self._batch)
+                "ORDER BY seq LIMIT $1", self._batch)
             PENDING.labels(self._schema).set(len(rows))
             if not rows:
                 return 0

@@ -264,3 +264,33 @@ async def test_inbox_outlives_what_the_stream_and_the_outbox_keep(broker):
     outbox_retention = timedelta(hours=168)
     assert kept == timedelta(days=30)
     assert inbox_retention(outbox_retention) > kept + outbox_retention
+
+
+async def test_one_relay_at_a_time_keeps_an_aggregates_order_across_replicas(stack, pool, broker, schema):
+    """Replica A holds the aggregate's first event (its broker link is slow); replica B must
+    not publish the second one meanwhile: B stands by, and A then sends both in order."""
+    hospital = f"H{uuid.uuid4().hex[:6]}"
+    async with pool.acquire() as conn, conn.transaction():
+        first = await outbox.add(conn, types_pb2.Date(year=2026, month=11, day=1), aggregate_id="R1",
+                                 hospital_id=hospital)
+        second = await outbox.add(conn, types_pb2.Date(year=2026, month=11, day=2), aggregate_id="R1",
+                                  hospital_id=hospital)
+    slow = OutboxRelay(pool, broker, schema, dsn=stack.database_url, batch_size=1)
+    other = OutboxRelay(pool, broker, schema, dsn=stack.database_url)
+    holding, release = asyncio.Event(), asyncio.Event()
+    publish = slow._publish
+
+    async def slow_publish(rows):
+        holding.set()
+        await release.wait()
+        return await publish(rows)
+    slow._publish = slow_publish
+    a = asyncio.create_task(slow.relay_once())
+    await asyncio.wait_for(holding.wait(), 10)
+    assert await other.relay_once() == 0
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") == 0
+    release.set()
+    assert await a == 1
+    assert await other.relay_once() == 1
+    order = await pool.fetch("SELECT event_id FROM outbox ORDER BY sent_at, seq")
+    assert [str(r["event_id"]) for r in order] == [first.event_id, second.event_id]
