@@ -26,12 +26,13 @@ async def save_preferences(conn: asyncpg.Connection, patient_id: str, *, channel
                            wechat_openid: str, consent: bool, opt_out_non_essential: bool,
                            urgent_ignores_quiet_hours: bool, set_by: str,
                            mobile: tuple[str, str, str] | None) -> asyncpg.Record:
+    """`mobile`, when given, is marked as `set_by`'s: referral events no longer replace it (learn)."""
     ciphertext, mobile_hash, masked = mobile or (None, None, None)
     return await conn.fetchrow(
         """INSERT INTO contacts (patient_id, channels, wechat_openid, consent, opt_out_non_essential,
                                  urgent_ignores_quiet_hours, preferences_set_by,
-                                 mobile_ciphertext, mobile_hash, mobile_masked)
-           VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9, $10)
+                                 mobile_ciphertext, mobile_hash, mobile_masked, mobile_set_by)
+           VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9, $10, $11)
            ON CONFLICT (patient_id) DO UPDATE SET
              channels = EXCLUDED.channels,
              wechat_openid = EXCLUDED.wechat_openid, consent = EXCLUDED.consent,
@@ -41,10 +42,11 @@ async def save_preferences(conn: asyncpg.Connection, patient_id: str, *, channel
              mobile_ciphertext = COALESCE(EXCLUDED.mobile_ciphertext, contacts.mobile_ciphertext),
              mobile_hash = COALESCE(EXCLUDED.mobile_hash, contacts.mobile_hash),
              mobile_masked = COALESCE(EXCLUDED.mobile_masked, contacts.mobile_masked),
+             mobile_set_by = COALESCE(EXCLUDED.mobile_set_by, contacts.mobile_set_by),
              updated_at = now()
            RETURNING *""",
         patient_id, [c.value for c in channels], wechat_openid, consent, opt_out_non_essential,
-        urgent_ignores_quiet_hours, set_by, ciphertext, mobile_hash, masked)
+        urgent_ignores_quiet_hours, set_by, ciphertext, mobile_hash, masked, set_by if mobile else None)
 
 
 # The WeChat templates a contact's openid has refused, as a column of a contacts query.
@@ -90,9 +92,9 @@ async def record_wechat_choices(conn: asyncpg.Connection, choices: Sequence[tupl
 
 
 async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch: int) -> int:
-    """Clears the number, its hash and the openid (and the openid's template choices) of up
-    to `batch` contacts untouched since `cutoff` whose patient has no referral event, no
-    appointment and no message in flight since then; returns how many. Preferences stay."""
+    """Clears the number (with its hash and who set it) and the openid (with its template
+    choices) of up to `batch` contacts untouched since `cutoff` whose patient has no referral
+    event, no appointment and no message in flight since then; returns how many. Preferences stay."""
     return await conn.fetchval(
         """WITH idle AS (
              SELECT c.patient_id, c.wechat_openid FROM contacts c
@@ -111,7 +113,7 @@ async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch:
              FOR UPDATE OF c SKIP LOCKED),
            cleared AS (
              UPDATE contacts c SET mobile_ciphertext = NULL, mobile_hash = NULL, mobile_masked = NULL,
-                                   wechat_openid = NULL
+                                   mobile_set_by = NULL, wechat_openid = NULL
              FROM idle WHERE c.patient_id = idle.patient_id
              RETURNING idle.wechat_openid AS openid),
            choices AS (
@@ -124,28 +126,37 @@ async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch:
 
 
 async def learn(conn: asyncpg.Connection, route: Route, sender_id: str, receiver_id: str, *,
-                mobile_ciphertext: str, mobile_hash: str, mobile_masked: str, wechat_openid: str) -> None:
+                mobile_ciphertext: str, mobile_hash: str, mobile_masked: str, wechat_openid: str) -> Route:
     """The referral's route and the patient's contact as the referral service last stated
-    them, in one statement (one per referral event). Preferences set through the API stay."""
-    await conn.execute(
+    them, in one statement (one per referral event); returns the route as stored. Preferences
+    set through the API stay, and so does a mobile set through them (until they set another).
+    A cancellation is final: a route once cancelled stays so."""
+    row = await conn.fetchrow(
         """WITH contact AS (
              INSERT INTO contacts (patient_id, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
              SELECT $2, NULLIF($9, ''), NULLIF($10, ''), NULLIF($11, ''), NULLIF($12, '') WHERE $2 <> ''
              ON CONFLICT (patient_id) DO UPDATE SET
-               mobile_ciphertext = COALESCE(EXCLUDED.mobile_ciphertext, contacts.mobile_ciphertext),
-               mobile_hash = COALESCE(EXCLUDED.mobile_hash, contacts.mobile_hash),
-               mobile_masked = COALESCE(EXCLUDED.mobile_masked, contacts.mobile_masked),
+               mobile_ciphertext = COALESCE(CASE WHEN contacts.mobile_set_by IS NULL
+                                                 THEN EXCLUDED.mobile_ciphertext END, contacts.mobile_ciphertext),
+               mobile_hash = COALESCE(CASE WHEN contacts.mobile_set_by IS NULL
+                                           THEN EXCLUDED.mobile_hash END, contacts.mobile_hash),
+               mobile_masked = COALESCE(CASE WHEN contacts.mobile_set_by IS NULL
+                                             THEN EXCLUDED.mobile_masked END, contacts.mobile_masked),
                wechat_openid = COALESCE(EXCLUDED.wechat_openid, contacts.wechat_openid),
                updated_at = now())
            INSERT INTO referral_routes (referral_id, patient_id, hospital_id, clinic_id, sender_id,
-                                        receiver_id, department, urgent)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
+                                        receiver_id, department, urgent, cancelled)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$13)
            ON CONFLICT (referral_id) DO UPDATE SET patient_id = EXCLUDED.patient_id,
              hospital_id = EXCLUDED.hospital_id, clinic_id = EXCLUDED.clinic_id,
              sender_id = EXCLUDED.sender_id, receiver_id = EXCLUDED.receiver_id,
-             department = EXCLUDED.department, urgent = EXCLUDED.urgent, updated_at = now()""",
+             department = EXCLUDED.department, urgent = EXCLUDED.urgent,
+             cancelled = referral_routes.cancelled OR EXCLUDED.cancelled, updated_at = now()
+           RETURNING *""",
         route.referral_id, route.patient_id, route.hospital_id, route.clinic_id, sender_id, receiver_id,
-        route.department, route.urgent, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
+        route.department, route.urgent, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid,
+        route.cancelled)
+    return route_from(row)
 
 
 async def get_route(conn: asyncpg.Connection, referral_id: str) -> asyncpg.Record | None:
@@ -154,7 +165,8 @@ async def get_route(conn: asyncpg.Connection, referral_id: str) -> asyncpg.Recor
 
 def route_from(row: asyncpg.Record) -> Route:
     return Route(referral_id=row["referral_id"], patient_id=row["patient_id"], hospital_id=row["hospital_id"],
-                 clinic_id=row["clinic_id"], department=row["department"], urgent=row["urgent"])
+                 clinic_id=row["clinic_id"], department=row["department"], urgent=row["urgent"],
+                 cancelled=row["cancelled"])
 
 
 # --------------------------------------------------------------------- appointments
@@ -231,15 +243,26 @@ async def insert_delivery(conn: asyncpg.Connection, notification_id: uuid.UUID, 
     return delivery_id
 
 
-async def cancel_pending_reminders(conn: asyncpg.Connection, *, booking_ids: Sequence[str] = (),
-                                   referral_id: str = "", reason: str) -> int:
+async def cancel_pending_messages(conn: asyncpg.Connection, referral_id: str, *, booking_id: str = "",
+                                  keep_parts: Sequence[str] = (), reason: str) -> int:
+    """Cancels the deliveries still waiting of the referral's messages (of one booking's, if
+    given), except the messages of `keep_parts`; returns how many."""
     result = await conn.execute(
-        """UPDATE deliveries d SET status = 'CANCELLED', status_reason = $3, updated_at = now()
+        """UPDATE deliveries d SET status = 'CANCELLED', status_reason = $4, updated_at = now()
            FROM notifications n
-           WHERE d.notification_id = n.id AND n.reminder AND d.status IN ('PENDING', 'SENDING')
-             AND (n.booking_id = ANY($1::text[]) OR n.referral_id = $2)""",
-        list(booking_ids), referral_id, reason)
+           WHERE d.notification_id = n.id AND n.referral_id = $1 AND ($2 = '' OR n.booking_id = $2)
+             AND n.part <> ALL($3::text[]) AND d.status IN ('PENDING', 'SENDING')""",
+        referral_id, booking_id, list(keep_parts), reason)
     return int(result.split()[-1])
+
+
+async def bring_told(conn: asyncpg.Connection, referral_id: str, booking_id: str) -> str:
+    """What the patient was told to bring to this booking's appointments ('' if never told):
+    the `bring` value its first message was rendered with."""
+    return await conn.fetchval(
+        """SELECT params->>'bring' FROM notifications
+           WHERE referral_id = $1 AND booking_id = $2 AND params ? 'bring'
+           ORDER BY created_at LIMIT 1""", referral_id, booking_id) or ""
 
 
 # --------------------------------------------------------------------- dispatch

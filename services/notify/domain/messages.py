@@ -45,6 +45,11 @@ def where(appt: Appointment) -> str:
     return f"{appt.place.building}{appt.place.floor}"
 
 
+def moved(before: Appointment | None, after: Appointment) -> bool:
+    """Whether the patient must hear of an item again: new to them, or its time or place changed."""
+    return before is None or (before.start, before.place, before.ward) != (after.start, after.place, after.ward)
+
+
 class Planner:
     def __init__(self, catalogue: Catalogue, reminders: ReminderRules | None = None) -> None:
         self.catalogue = catalogue
@@ -55,9 +60,17 @@ class Planner:
     def _base(self, route: Route) -> dict[str, str]:
         return {"referral_id": route.referral_id, "dept": self.catalogue.department(route.department)}
 
+    def _room(self, appt: Appointment) -> str:
+        if appt.place.room:
+            return appt.place.room
+        if appt.kind == "admission":
+            return appt.ward or "病区"
+        if appt.kind == "consultation":
+            return self.catalogue.department(appt.department)
+        return self.catalogue.modality(appt.modality)
+
     def appointment_values(self, route: Route, appt: Appointment, bring: str) -> dict[str, str]:
-        room = appt.place.room or (self.catalogue.department(appt.department) if appt.kind == "consultation"
-                                   else self.catalogue.modality(appt.modality))
+        room = self._room(appt)
         return {**self._base(route), "date": short_day(appt.start), "time": clock_time(appt.start),
                 "when": f"{day(appt.start)} {clock_time(appt.start)}", "day": day(appt.start),
                 "hospital": appt.place.hospital or "医院", "place": where(appt) or "门诊大厅",
@@ -75,10 +88,9 @@ class Planner:
                     "REJECTED": "referral_rejected", "CANCELLED": "referral_cancelled"}[status]
         words = {"ACCEPTED": "已接收", "RETURNED": "已退回，需补充材料", "REJECTED": "未被接收",
                  "CANCELLED": "已取消"}[status]
-        plan = EventPlan(messages=[PlannedMessage(template, self._base(route), urgent=route.urgent)],
-                         clinic=ClinicUpdate(status, f"转诊{words}", reason=reason))
-        plan.cancel_reminders_of_referral = status == "CANCELLED"
-        return plan
+        return EventPlan(messages=[PlannedMessage(template, self._base(route), urgent=route.urgent)],
+                         clinic=ClinicUpdate(status, f"转诊{words}", reason=reason),
+                         cancel_pending_of_referral=status == "CANCELLED")
 
     def down_referral(self, route: Route, clinic_name: str, clinic_address: str,
                       follow_up: datetime | None) -> EventPlan:
@@ -92,6 +104,13 @@ class Planner:
 
     # ------------------------------------------------------------- scheduling events
 
+    @staticmethod
+    def _booking_news(route: Route, messages: list[PlannedMessage]) -> list[PlannedMessage]:
+        """What a scheduling event may tell the patient: nothing once the referral was cancelled,
+        whose own message said its appointments went with it. (Notify reads the referral and
+        the scheduling streams apart: a booking's events can reach it after that message.)"""
+        return [] if route.cancelled else messages
+
     def _appointment_messages(self, template: str, route: Route, booking_id: str,
                               items: Sequence[Appointment], bring: str, now: datetime) -> list[PlannedMessage]:
         out = []
@@ -100,7 +119,7 @@ class Planner:
             out.append(PlannedMessage(key, self.appointment_values(route, appt, bring), part=appt.item_id,
                                       urgent=self._urgent(route, appt.start, now), booking_id=booking_id))
             out.extend(self.reminders(route, booking_id, appt, bring, now))
-        return out
+        return self._booking_news(route, out)
 
     def reminders(self, route: Route, booking_id: str, appt: Appointment, bring: str,
                   now: datetime) -> list[PlannedMessage]:
@@ -110,9 +129,12 @@ class Planner:
         day_before = (local - timedelta(days=1)).replace(hour=h, minute=m, second=0, microsecond=0)
         # "Tomorrow" is wrong once the day has come: the day-before reminder expires at midnight.
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        due = [("reminder_day_before", day_before, min(midnight, appt.start))]
-        if appt.kind != "admission":
-            due.append(("reminder_2h", appt.start - self.rules.before, appt.start))
+        if appt.kind == "admission":
+            # A day to come in, not a visit: reminded the evening before only, in an admission's words.
+            due = [("admission_reminder", day_before, min(midnight, appt.start))]
+        else:
+            due = [("reminder_day_before", day_before, min(midnight, appt.start)),
+                   ("reminder_2h", appt.start - self.rules.before, appt.start)]
         return [PlannedMessage(t, values, part=appt.item_id, not_before=at, expires_at=expires,
                                booking_id=booking_id, reminder=True)
                 for t, at, expires in due if now < at < expires]
@@ -128,31 +150,39 @@ class Planner:
             clinic=ClinicUpdate("SCHEDULED", summary, appointment_time=first.start if first else None,
                                 place=self._place_words(first)))
 
-    def rescheduled(self, route: Route, booking_id: str, items: Sequence[Appointment], bring: str,
-                    now: datetime, reason: str) -> EventPlan:
+    def rescheduled(self, route: Route, booking_id: str, items: Sequence[Appointment],
+                    told: Sequence[Appointment], bring: str, now: datetime, reason: str) -> EventPlan:
+        """`told`: the booking's items as the patient last heard of them; `bring`: what they were
+        told to bring. Only the items that moved are announced again; what the patient was told
+        of the others (their booking message, their reminders) stays true and stays planned."""
+        before = {a.item_id: a for a in told}
+        changed = [a for a in items if moved(before.get(a.item_id), a)]
         first = min(items, key=lambda a: a.start) if items else None
         summary = "预约已改约"
         if first:
             summary += f"至{day(first.start)} {clock_time(first.start)}"
         return EventPlan(
-            messages=self._appointment_messages("appointment_changed", route, booking_id, items, bring, now),
+            messages=self._appointment_messages("appointment_changed", route, booking_id, changed, bring, now),
             clinic=ClinicUpdate("RESCHEDULED", summary, appointment_time=first.start if first else None,
                                 place=self._place_words(first), reason=reason),
-            cancel_reminders_of_bookings=[booking_id])
+            cancel_pending_of_booking=booking_id,
+            keep_pending_of_items=frozenset(a.item_id for a in items) - {a.item_id for a in changed})
 
-    def booking_cancelled(self, route: Route, booking_id: str, previous: Sequence[Appointment],
+    def booking_cancelled(self, route: Route, booking_id: str, told: Sequence[Appointment],
                           now: datetime, reason: str) -> EventPlan:
-        first = min(previous, key=lambda a: a.start) if previous else None
-        if first:
-            values = self.appointment_values(route, first, "")
-        else:
-            values = {**self._base(route), "date": "原定", "time": "时间", "when": f"{day(now)} {clock_time(now)}",
-                      "hospital": "医院"}
-        message = PlannedMessage("appointment_cancelled", values, part=booking_id,
-                                 urgent=self._urgent(route, first.start if first else None, now),
-                                 booking_id=booking_id)
-        return EventPlan(messages=[message], clinic=ClinicUpdate("BOOKING_CANCELLED", "预约已取消", reason=reason),
-                         cancel_reminders_of_bookings=[booking_id])
+        """`told`: the booking's items as the patient last heard of them."""
+        plan = EventPlan(clinic=ClinicUpdate("BOOKING_CANCELLED", "预约已取消", reason=reason),
+                         cancel_pending_of_booking=booking_id)
+        # Without the items notify has nothing true to say: it never told the patient of this
+        # booking (nothing was booked, or the booking's event never reached it) or has told them
+        # of its cancellation already. The clinic's update then says the patient was not told.
+        if not told:
+            return plan
+        first = min(told, key=lambda a: a.start)
+        plan.messages = self._booking_news(route, [PlannedMessage(
+            "appointment_cancelled", self.appointment_values(route, first, ""), part=booking_id,
+            urgent=self._urgent(route, first.start, now), booking_id=booking_id)])
+        return plan
 
     def bed_ready(self, route: Route, booking_id: str, hospital: str, ward: str, bed: str,
                   admit_by: datetime, place: str) -> EventPlan:
@@ -160,8 +190,8 @@ class Planner:
                   "admit_by": f"{short_day(admit_by)}{clock_time(admit_by)}",
                   "admit_when": f"{day(admit_by)} {clock_time(admit_by)}", "place": place or "住院服务中心"}
         summary = f"床位已就绪：{values['ward']}{bed}床，{values['admit_by']}前入院"
-        return EventPlan(messages=[PlannedMessage("bed_ready", values, part=booking_id, urgent=True,
-                                                  booking_id=booking_id)],
+        message = PlannedMessage("bed_ready", values, part=booking_id, urgent=True, booking_id=booking_id)
+        return EventPlan(messages=self._booking_news(route, [message]),
                          clinic=ClinicUpdate("BED_READY", summary, appointment_time=admit_by, place=place))
 
     @staticmethod

@@ -93,6 +93,8 @@ class Route:
     clinic_id: str
     department: str = ""
     urgent: bool = False
+    # The referral was cancelled (a final state): the patient was told its appointments went with it.
+    cancelled: bool = False
 
 
 @dataclass(frozen=True)
@@ -121,5 +123,9 @@ class ClinicUpdate:
 class EventPlan:
     messages: list[PlannedMessage] = field(default_factory=list)
     clinic: ClinicUpdate | None = None
-    cancel_reminders_of_bookings: list[str] = field(default_factory=list)
-    cancel_reminders_of_referral: bool = False
+    # Earlier messages this event makes untrue: whichever of their deliveries still wait are
+    # cancelled, before the messages above are created. Every one of the referral's, or every
+    # one of a booking's except those of the items a reschedule left where they were.
+    cancel_pending_of_referral: bool = False
+    cancel_pending_of_booking: str = ""
+    keep_pending_of_items: frozenset[str] = frozenset()

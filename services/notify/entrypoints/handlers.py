@@ -41,14 +41,15 @@ def _date(d: types_pb2.Date) -> datetime | None:
     return datetime(d.year, d.month, d.day, 1, 0, tzinfo=UTC)  # 09:00 in Asia/Shanghai: a day, not an instant
 
 
-def route_of(snapshot: ref_types.ReferralSnapshot, hospital_id: str) -> Route:
+def route_of(snapshot: ref_types.ReferralSnapshot, hospital_id: str, *, cancelled: bool = False) -> Route:
     down = snapshot.direction == ref_types.DIRECTION_DOWN
     department = snapshot.department or next(
         (n.consultation.department for n in snapshot.needs if n.WhichOneof("kind") == "consultation"), "")
     return Route(referral_id=snapshot.referral_id, patient_id=snapshot.patient.patient_id,
                  hospital_id=snapshot.hospital_id or hospital_id,
                  clinic_id=snapshot.receiving_institution_id if down else snapshot.sending_institution_id,
-                 department=department, urgent=snapshot.urgency in _URGENT or snapshot.green_channel)
+                 department=department, urgent=snapshot.urgency in _URGENT or snapshot.green_channel,
+                 cancelled=cancelled)
 
 
 def appointment_of(item: sch_ev.BookedItem) -> Appointment:
@@ -90,9 +91,9 @@ class EventHandlers:
     # ------------------------------------------------------------- shared steps
 
     async def _learn(self, conn: asyncpg.Connection, env: event_pb2.EventEnvelope,
-                     snapshot: ref_types.ReferralSnapshot) -> Route:
+                     snapshot: ref_types.ReferralSnapshot, *, cancelled: bool = False) -> Route:
         """Keep the referral's route and the patient's contact as the referral service states them."""
-        route = route_of(snapshot, env.hospital_id)
+        route = route_of(snapshot, env.hospital_id, cancelled=cancelled)
         patient = snapshot.patient
         mobile_hash = masked = ""
         ciphertext = patient.mobile_ciphertext
@@ -103,10 +104,9 @@ class EventHandlers:
             except Exception:  # noqa: BLE001 - unreadable: keep no number rather than a useless one
                 log.warning("mobile ciphertext not readable", referral_id=snapshot.referral_id)
                 ciphertext = ""
-        await repo.learn(conn, route, snapshot.sending_institution_id, snapshot.receiving_institution_id,
-                         mobile_ciphertext=ciphertext, mobile_hash=mobile_hash, mobile_masked=masked,
-                         wechat_openid=patient.wechat_openid)
-        return route
+        return await repo.learn(conn, route, snapshot.sending_institution_id, snapshot.receiving_institution_id,
+                                mobile_ciphertext=ciphertext, mobile_hash=mobile_hash, mobile_masked=masked,
+                                wechat_openid=patient.wechat_openid)
 
     async def _route(self, conn: asyncpg.Connection, referral_id: str) -> Route:
         row = await repo.get_route(conn, referral_id)
@@ -125,7 +125,7 @@ class EventHandlers:
 
     def _status_handler(self, status: str):
         async def handle(conn, env, event) -> None:
-            route = await self._learn(conn, env, event.referral)
+            route = await self._learn(conn, env, event.referral, cancelled=status == "CANCELLED")
             if status == "CANCELLED":
                 await repo.drop_appointments(conn, referral_id=route.referral_id)
             plan = self.planner.referral_status(route, status, getattr(event, "reason", ""))
@@ -159,16 +159,21 @@ class EventHandlers:
 
     async def on_rescheduled(self, conn, env, event: sch_ev.BookingRescheduled) -> None:
         route = await self._route(conn, event.referral_id)
+        # Compared with what the patient was told, not with the event's previous_items: an item
+        # the patient never heard of is news whether scheduling moved it or not. The event
+        # carries no "bring": the patient keeps the words they were given at booking.
+        told = await repo.current_appointments(conn, event.booking_id)
+        bring = await repo.bring_told(conn, event.referral_id, event.booking_id)
         items = [appointment_of(i) for i in event.items]
         await repo.save_appointments(conn, event.booking_id, event.referral_id, items)
-        await self._apply(conn, env, route, self.planner.rescheduled(route, event.booking_id, items, "",
+        await self._apply(conn, env, route, self.planner.rescheduled(route, event.booking_id, items, told, bring,
                                                                      self.cfg.clock(), event.reason))
 
     async def on_booking_cancelled(self, conn, env, event: sch_ev.BookingCancelled) -> None:
         route = await self._route(conn, event.referral_id)
-        previous = await repo.current_appointments(conn, event.booking_id)
+        told = await repo.current_appointments(conn, event.booking_id)
         await repo.drop_appointments(conn, booking_id=event.booking_id)
-        await self._apply(conn, env, route, self.planner.booking_cancelled(route, event.booking_id, previous,
+        await self._apply(conn, env, route, self.planner.booking_cancelled(route, event.booking_id, told,
                                                                            self.cfg.clock(), event.reason))
 
     async def on_waitlisted(self, conn, env, event: sch_ev.ReferralWaitlisted) -> None:

@@ -1,6 +1,6 @@
 """Use case: an event's plan becomes notifications with their first delivery, the
-cancellation of reminders it makes stale, and the clinic's update (outbox), all in the
-consumer's inbox transaction."""
+cancellation of the waiting messages it makes untrue, and the clinic's update (outbox), all
+in the consumer's inbox transaction."""
 from __future__ import annotations
 
 import uuid
@@ -83,11 +83,11 @@ async def create_notification(conn: asyncpg.Connection, cfg: NotifyConfig, *, ev
 async def record_plan(conn: asyncpg.Connection, cfg: NotifyConfig, *, event_id: str, event_type: str,
                       route: Route, plan: EventPlan) -> None:
     now = cfg.clock()
-    if plan.cancel_reminders_of_bookings or plan.cancel_reminders_of_referral:
-        await repo.cancel_pending_reminders(
-            conn, booking_ids=plan.cancel_reminders_of_bookings,
-            referral_id=route.referral_id if plan.cancel_reminders_of_referral else "",
-            reason=f"superseded by {event_type.rsplit('.', 1)[-1]}")
+    if plan.cancel_pending_of_referral or plan.cancel_pending_of_booking:
+        await repo.cancel_pending_messages(
+            conn, route.referral_id,
+            booking_id="" if plan.cancel_pending_of_referral else plan.cancel_pending_of_booking,
+            keep_parts=sorted(plan.keep_pending_of_items), reason=f"superseded by {event_type.rsplit('.', 1)[-1]}")
     contact = repo.contact_from(await repo.contact_row(conn, route.patient_id), route.patient_id)
     told = False
     for message in plan.messages:

@@ -5,7 +5,9 @@ messages of their referrals. Once a patient has had no referral event, no appoin
 no message in flight for the retention (`NOTIFY_CONTACT_RETENTION_DAYS`, 180), the copy
 is cleared: the number with its keyed hash, the openid and that openid's template
 choices. The patient's preferences stay (a refusal of messages must outlive the number),
-and the patient's next referral event brings the number back.
+and the patient's next referral event brings the number back. A number the desk set
+through preferences is cleared the same way, and with it the mark that it outranks the
+referral's own: no number is left for the mark to protect.
 """
 from __future__ import annotations
 

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import grpc
+
+from notify.v1 import notify_service_pb2 as pb
+from notify.v1 import notify_service_pb2_grpc as pb_grpc
+from referral.v1 import events_pb2 as ref_ev
 from services.common import db as dbs
+from services.common.auth import Role
 from services.notify.service_layer.retention import forget_idle_contacts
 
-from .notify_support import Patient, Referral, eventually, new_openid, notify_service, publish, vendor_env
+from .notify_support import (
+    Patient, Referral, eventually, new_mobile, new_openid, notify_service, publish, vendor_env)
 
 RETENTION = timedelta(days=180)
 
@@ -76,3 +83,51 @@ async def test_an_idle_patients_number_is_forgotten_and_comes_back_with_the_next
     back = await _contact(db, idle.patient)
     assert back["mobile_ciphertext"] and back["wechat_openid"] == idle.patient.openid
     assert wechat.accepted[-1]["openid"] == idle.patient.openid
+
+
+async def _forget_idle(stack) -> None:
+    pool = await dbs.create_pool(stack.database_url, "notify", min_size=1, max_size=2)
+    try:
+        await forget_idle_contacts(pool, datetime.now(UTC), RETENTION)
+    finally:
+        await pool.close()
+
+
+async def test_a_mobile_set_through_preferences_outranks_the_referrals_until_it_is_forgotten(
+        stack, monkeypatch, vendors, broker, db):
+    _, aliyun, _ = vendors
+    patient = Patient(stack)  # the referral snapshots carry patient.mobile
+    ref = Referral(patient)
+    desk_number, later_desk_number = new_mobile(), new_mobile()
+    desk = stack.metadata(ref.hospital_id, Role.REFERRAL_DESK)
+
+    async def set_mobile(stub, mobile: str) -> None:
+        await stub.SetContactPreferences(pb.SetContactPreferencesRequest(
+            referral_id=ref.referral_id, mobile=mobile, preferences=pb.ContactPreferences(
+                patient_id=patient.patient_id, consent=True, urgent_ignores_quiet_hours=True)), metadata=desk)
+
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (app, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.NotifyServiceStub(channel)
+            await publish(broker, ref_ev.ReferralSubmitted(referral=ref.snapshot()), ref)
+            await eventually(lambda: _contact(db, patient))
+            await set_mobile(stub, desk_number)
+            # A later referral event carries the referral's own number: the desk's stays.
+            await publish(broker, ref.accepted(), ref)
+            await eventually(lambda: len(aliyun.accepted) == 1)
+            # Set again through preferences: the new number replaces it.
+            await set_mobile(stub, later_desk_number)
+            await publish(broker, ref_ev.ReferralReturned(referral=ref.snapshot(), reason="请补充材料"), ref)
+            await eventually(lambda: len(aliyun.accepted) == 2)
+    assert [m["phone"] for m in aliyun.accepted] == [desk_number, later_desk_number]
+
+    # Forgotten with the number: the patient's next referral brings its own number back.
+    await _age(db, [patient], routes=True)
+    await _forget_idle(stack)
+    gone = await _contact(db, patient)
+    assert (gone["mobile_ciphertext"], gone["mobile_set_by"]) == (None, None)
+    again = Referral(patient)
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)):
+        await publish(broker, again.accepted(), again)
+        await eventually(lambda: len(aliyun.accepted) == 3)
+    assert aliyun.accepted[-1]["phone"] == patient.mobile

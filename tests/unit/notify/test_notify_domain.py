@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -137,7 +138,87 @@ def test_booking_plans_messages_and_reminders_and_never_the_reason():
 
 def test_admission_items_use_the_admission_template_without_a_2h_reminder():
     plan = Planner(CAT).scheduled(ROUTE, "B2", [_appointment(kind="admission")], "", sh(2030, 6, 1, 10, 0))
-    assert [m.template for m in plan.messages] == ["admission_booked", "reminder_day_before"]
+    assert [m.template for m in plan.messages] == ["admission_booked", "admission_reminder"]
+
+
+def _admission(**changes) -> Appointment:
+    # As scheduling sends an admission: a ward, no room label, no modality.
+    return replace(Appointment("I3", "admission", sh(2030, 6, 10, 9, 30), Place("白城市中心医院", "住院部", "5楼", ""),
+                               ward="心内科一病区", bed="12", preparation="请携带生活用品，到病区护士站办理入院"),
+                   **changes)
+
+
+def test_an_admission_is_announced_and_reminded_as_an_admission_never_as_an_exam():
+    planner = Planner(CAT)
+    bring = "身份证、医保卡、转诊单及既往检查结果"
+    plan = planner.scheduled(ROUTE, "B2", [_admission()], bring, sh(2030, 6, 1, 10, 0))
+    reminder = plan.messages[1]
+    assert render(CAT.get(reminder.template), reminder.values).text == (
+        "入院提醒：您明天09:30到白城市中心医院住院部5楼心内科一病区办理入院，"
+        "请携带身份证、医保卡、转诊单及既往检查结果。请携带生活用品，到病区护士站办理入院")
+    # Moved to another ward: the change names the ward where an exam would name its room.
+    moved = planner.rescheduled(ROUTE, "B2", [_admission(ward="心内科二病区")], [_admission()], bring,
+                                sh(2030, 6, 1, 10, 0), "")
+    changed = moved.messages[0]
+    assert changed.template == "appointment_changed" and changed.values["room"] == "心内科二病区"
+    assert "检查就诊" not in render(CAT.get(changed.template), changed.values).text
+
+
+def test_a_reschedule_announces_the_items_that_moved_only_with_what_to_bring_as_told():
+    planner = Planner(CAT)
+    consult = _appointment()
+    exam = Appointment("I2", "exam", sh(2030, 6, 10, 10, 30), Place("白城市中心医院", "医技楼", "2楼", "超声3室"),
+                       modality="US")
+    bring = "身份证、医保卡、转诊单及既往检查结果"
+    later_exam = replace(exam, start=sh(2030, 6, 11, 8, 0))
+    plan = planner.rescheduled(ROUTE, "B1", [consult, later_exam], [consult, exam], bring,
+                               sh(2030, 6, 7, 10, 0), "设备检修")
+    assert {(m.template, m.part) for m in plan.messages} == {
+        ("appointment_changed", "I2"), ("reminder_day_before", "I2"), ("reminder_2h", "I2")}
+    assert all(m.values["bring"] == bring for m in plan.messages)
+    # The consultation's messages still waiting stay true: only the rest of the booking's are called off.
+    assert (plan.cancel_pending_of_booking, plan.keep_pending_of_items) == ("B1", {"I1"})
+    assert plan.clinic.kind == "RESCHEDULED" and plan.clinic.reason == "设备检修"
+    # Another room at the same time is a move; an item the patient never heard of is news.
+    other_room = replace(exam, place=replace(exam.place, room="超声5室"))
+    plan = planner.rescheduled(ROUTE, "B1", [consult, other_room], [exam], bring, sh(2030, 6, 7, 10, 0), "")
+    assert {m.part for m in plan.messages} == {"I1", "I2"} and plan.keep_pending_of_items == frozenset()
+
+
+def test_a_booking_cancellation_tells_the_patient_only_what_is_true():
+    planner = Planner(CAT)
+    now = sh(2030, 6, 7, 22, 30)
+    plan = planner.booking_cancelled(ROUTE, "B1", [_appointment()], now, "医生停诊")
+    [message] = plan.messages
+    assert render(CAT.get(message.template), message.values).text == (
+        "您原定6月10日 09:30在白城市中心医院的预约已取消，请等待新的安排或联系您的签约医生。")
+    assert plan.cancel_pending_of_booking == "B1" and plan.clinic.kind == "BOOKING_CANCELLED"
+    # The referral's cancellation already told the patient its appointments went with it.
+    after_referral = planner.booking_cancelled(replace(ROUTE, cancelled=True), "B1", [_appointment()], now, "")
+    # Items notify never knew: no message made of stand-in times and places.
+    unknown = planner.booking_cancelled(ROUTE, "B1", [], now, "")
+    for quiet in (after_referral, unknown):
+        assert quiet.messages == [] and quiet.cancel_pending_of_booking == "B1"
+        assert quiet.clinic.kind == "BOOKING_CANCELLED"
+
+
+def test_a_cancelled_referrals_booking_events_tell_its_patient_nothing_more():
+    # The referral's own message said its appointments went with it; scheduling's events on
+    # its booking can reach notify after that message (the two streams are read apart).
+    planner, route, now = Planner(CAT), replace(ROUTE, cancelled=True), sh(2030, 6, 7, 10, 0)
+    plans = [planner.scheduled(route, "B1", [_appointment()], "", now),
+             planner.rescheduled(route, "B1", [replace(_appointment(), start=sh(2030, 6, 11, 9, 30))],
+                                 [_appointment()], "", now, ""),
+             planner.booking_cancelled(route, "B1", [_appointment()], now, ""),
+             planner.bed_ready(route, "B1", "白城市中心医院", "心内科一病区", "12", sh(2030, 6, 7, 14, 0), "住院部1楼")]
+    assert [p.messages for p in plans] == [[], [], [], []]
+    assert [p.clinic.kind for p in plans] == ["SCHEDULED", "RESCHEDULED", "BOOKING_CANCELLED", "BED_READY"]
+
+
+def test_a_referral_cancellation_calls_off_every_message_of_the_referral_still_waiting():
+    cancelled = Planner(CAT).referral_status(ROUTE, "CANCELLED")
+    assert cancelled.cancel_pending_of_referral and [m.template for m in cancelled.messages] == ["referral_cancelled"]
+    assert not Planner(CAT).referral_status(ROUTE, "RETURNED").cancel_pending_of_referral
 
 
 def test_delivery_rate_counts_what_a_channel_took_or_tried():
