@@ -133,18 +133,6 @@ async def append_change(conn: asyncpg.Connection, referral: Referral, payload: b
     return seq
 
 
-async def changes_after(conn: asyncpg.Connection, consortium_id: str, after: int, institution_id: str | None,
-                        limit: int = 200) -> list[asyncpg.Record]:
-    if institution_id is None:
-        return await conn.fetch(
-            "SELECT seq, payload FROM referral_changes WHERE consortium_id = $1 AND seq > $2 "
-            "ORDER BY seq LIMIT $3", consortium_id, after, limit)
-    return await conn.fetch(
-        "SELECT seq, payload FROM referral_changes WHERE consortium_id = $1 AND seq > $2 "
-        "AND (sending_institution_id = $3 OR receiving_institution_id = $3) ORDER BY seq LIMIT $4",
-        consortium_id, after, institution_id, limit)
-
-
 async def last_change_seq(conn: asyncpg.Connection, consortium_id: str) -> int:
     return await conn.fetchval("SELECT change_seq FROM consortiums WHERE consortium_id = $1", consortium_id) or 0
 

@@ -43,6 +43,24 @@ def parse_consortium_name(name: str, field: str) -> str:
     return consortium_id
 
 
+def page_size(violations: Violations, value: int, *, default: int = DEFAULT_PAGE, maximum: int = MAX_PAGE) -> int:
+    """0 means the default; above the maximum is capped, not refused (AIP-158)."""
+    violations.check(value >= 0, "page_size", "不能为负数")
+    return min(value or default, maximum)
+
+
+# Largest values of the columns a decimal from a request ends up compared with.
+INT4_MAX, INT8_MAX = 2**31 - 1, 2**63 - 1
+
+
+def decimal(value: str, maximum: int) -> int | None:
+    """A non-negative decimal number within `maximum`, or None. ASCII digits only:
+    str.isdigit() also takes "²", which int() refuses."""
+    if not (value.isascii() and value.isdigit()) or int(value) > maximum:
+        return None
+    return int(value)
+
+
 def check_text(violations: Violations, value: str, field: str, *, required: bool = False,
                limit: int = MAX_TEXT) -> None:
     if required and not value.strip():
@@ -193,7 +211,7 @@ def page_token(req: api.ListReferralsRequest, created_at: datetime, referral_id:
 
 def list_filter(req: api.ListReferralsRequest) -> commands.ListFilter:
     violations = Violations()
-    violations.check(0 <= req.page_size, "page_size", "不能为负数")
+    size = page_size(violations, req.page_size)
     after = None
     if req.page_token:
         try:
@@ -216,7 +234,7 @@ def list_filter(req: api.ListReferralsRequest) -> commands.ListFilter:
         violations.add("create_time_end", "不能早于开始时间")
     violations.raise_if_any()
     return commands.ListFilter(
-        page_size=min(req.page_size or DEFAULT_PAGE, MAX_PAGE), after=after,  # type: ignore[arg-type]
+        page_size=size, after=after,  # type: ignore[arg-type]
         sending_institution_id=req.sending_institution_id, receiving_institution_id=req.receiving_institution_id,
         direction=req.direction, states=list(req.states), urgency=req.urgency, department=req.department,
         created_from=start, created_to=end)

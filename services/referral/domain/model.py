@@ -206,6 +206,9 @@ class Referral:
     booking_id: str = ""
     scheduled_items: list[ScheduledItem] = field(default_factory=list)
     waitlist_reason: str = ""
+    # When the newest scheduling event the referral has taken in happened (the
+    # scheduler's clock, from the event's envelope): see "from the scheduling service".
+    scheduling_event_at: datetime | None = None
     history: list[Transition] = field(default_factory=list)
     updated_at: datetime | None = None
     submitted_at: datetime | None = None
@@ -228,14 +231,18 @@ class Referral:
             sides.add(Side.RECEIVER)
         return sides
 
-    def _move(self, action: str, actor: Actor, now: datetime, reason: str = "") -> Event:
-        sources, target, side = TRANSITIONS[action]
+    def _require_side(self, action: str, actor: Actor) -> None:
+        side = TRANSITIONS[action][2]
         allowed = {Side.SENDER, Side.RECEIVER} if side is Side.EITHER else {side}
         if not (self.side_of(actor) & allowed):
             who = {Side.SENDER: "转出机构", Side.RECEIVER: "接收机构", Side.SERVICE: "排程服务",
                    Side.EITHER: "转出或接收机构"}[side]
             raise PermissionDenied(f"只有{who}可以执行「{ACTION_NAMES_ZH[action]}」",
                                    reason=f"NOT_{side.name}")
+
+    def _move(self, action: str, actor: Actor, now: datetime, reason: str = "") -> Event:
+        sources, target, _ = TRANSITIONS[action]
+        self._require_side(action, actor)
         if self.state not in sources:
             raise FailedPrecondition(
                 f"转诊单当前状态为「{STATE_NAMES_ZH[self.state]}」，不能执行「{ACTION_NAMES_ZH[action]}」",
@@ -339,16 +346,46 @@ class Referral:
         return [event]
 
     # --- from the scheduling service -------------------------------------------------
+    # Its events can arrive late and out of order (a redelivery after a failed handling,
+    # overtaken by later events; several consumer processes): none may undo a newer one.
+    # A referral has at most one live booking and a cancelled booking never comes back,
+    # so a cancellation of the current booking always counts, and one of another booking
+    # never takes the current one away. A placement (scheduled, rescheduled, waitlisted)
+    # counts only when it happened after every scheduling event taken in, cancellations
+    # included: nothing in the events orders the placement and the cancellation of one
+    # booking (or two moves of it) but when they happened, so this compares their
+    # envelopes' occurred_at (the scheduler's clock).
+    # An event that does not count changes nothing and is no error: the consumer acks it.
 
-    def waitlist(self, actor: Actor, now: datetime, reason: str) -> list[Event]:
+    def _is_newest(self, occurred_at: datetime) -> bool:
+        return self.scheduling_event_at is None or occurred_at > self.scheduling_event_at
+
+    def _took_in(self, occurred_at: datetime) -> None:
+        if self._is_newest(occurred_at):
+            self.scheduling_event_at = occurred_at
+
+    def waitlist(self, actor: Actor, now: datetime, reason: str, occurred_at: datetime) -> list[Event]:
+        self._require_side("waitlist", actor)
+        if not self._is_newest(occurred_at):
+            return []
         self._move("waitlist", actor, now, reason)
+        self._took_in(occurred_at)
+        # The scheduler waitlists only a referral without a live booking.
+        self.booking_id = ""
+        self.scheduled_items = []
         self.waitlist_reason = reason
         return []
 
     def schedule(self, actor: Actor, now: datetime, booking_id: str, items: list[ScheduledItem],
-                 reason: str = "") -> list[Event]:
+                 occurred_at: datetime, reason: str = "") -> list[Event]:
+        """A booking placed (ReferralScheduled) or moved (BookingRescheduled); a newer
+        booking replaces the current one, whose cancellation may still be on its way."""
+        self._require_side("schedule", actor)
+        if not self._is_newest(occurred_at):
+            return []
         action = "reschedule" if self.state is State.SCHEDULED else "schedule"
         self._move(action, actor, now, reason)
+        self._took_in(occurred_at)
         self.booking_id = booking_id
         self.scheduled_items = items
         self.waitlist_reason = ""
@@ -356,10 +393,24 @@ class Referral:
             self.scheduled_at = now
         return []
 
-    def booking_cancelled(self, actor: Actor, now: datetime, booking_id: str, reason: str) -> list[Event]:
-        self._move("booking_cancelled", actor, now, reason)
-        self.booking_id = ""
-        self.scheduled_items = []
+    def booking_cancelled(self, actor: Actor, now: datetime, booking_id: str, reason: str,
+                          occurred_at: datetime) -> list[Event]:
+        self._require_side("booking_cancelled", actor)
+        if booking_id == self.booking_id:
+            ends = True  # however late: a cancelled booking never comes back
+        elif self.booking_id:
+            ends = False  # an older booking, since replaced by the current one
+        else:
+            # A booking whose placement has not arrived (or never will, being older than
+            # what the referral shows): it came and went after a waitlisting older than this.
+            ends = self.state is State.WAITLISTED and self._is_newest(occurred_at)
+        if ends:
+            self._move("booking_cancelled", actor, now, reason)
+            self.booking_id = ""
+            self.scheduled_items = []
+            self.waitlist_reason = ""
+        # Keeps out the placement of this booking, which happened before its cancellation.
+        self._took_in(occurred_at)
         return []
 
 
@@ -382,7 +433,7 @@ TRANSITIONS: dict[str, tuple[frozenset[State], State, Side]] = {
     "waitlist": (frozenset({State.ACCEPTED, State.SCHEDULED}), State.WAITLISTED, Side.SERVICE),
     "schedule": (frozenset({State.ACCEPTED, State.WAITLISTED}), State.SCHEDULED, Side.SERVICE),
     "reschedule": (frozenset({State.SCHEDULED}), State.SCHEDULED, Side.SERVICE),
-    "booking_cancelled": (frozenset({State.SCHEDULED}), State.ACCEPTED, Side.SERVICE),
+    "booking_cancelled": (frozenset({State.SCHEDULED, State.WAITLISTED}), State.ACCEPTED, Side.SERVICE),
     # After a no-show the receiving side may book the patient again (reason required).
     "rebook": (frozenset({State.NO_SHOW}), State.ACCEPTED, Side.RECEIVER),
 }

@@ -6,7 +6,6 @@ import asyncio
 import grpc
 
 from referral.v1 import referral_service_pb2 as api, referral_service_pb2_grpc as api_grpc
-from services.common import audit
 from services.common.auth import current_caller
 from services.common.errors import FieldViolation, InvalidArgument, Violations
 from services.referral.adapters import edit_requests, mapping, repository as repo, requests
@@ -120,31 +119,25 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
     async def WatchReferrals(self, request, context):
         caller = current_caller()
         cursor = request.cursor.strip()
-        if cursor and not cursor.isdigit():
+        # A cursor is a change-log sequence (bigint).
+        start = requests.decimal(cursor, requests.INT8_MAX) if cursor else None
+        if cursor and start is None:
             raise InvalidArgument(FieldViolation("cursor", "无效的游标"))
         async with self.svc.pool.acquire() as conn:
             scope = await self.svc.scope(conn, caller)
-            after = int(cursor) if cursor else await repo.last_change_seq(conn, scope.consortium_id)
-            if cursor and after == 0:
+            after = start if start is not None else await repo.last_change_seq(conn, scope.consortium_id)
+            if start == 0:
                 # "0": from the beginning of the retained history.
                 after = await retention.purged_through(conn, scope.consortium_id)
         while True:
             ticket = self.feed.ticket()
-            async with self.svc.pool.acquire() as conn:
-                # FAILED_PRECONDITION when the cursor is older than the retained history.
-                rows = await retention.changes_after(conn, scope.consortium_id, after, scope.institution_id)
-                changes = [api.WatchReferralsResponse.FromString(row["payload"]) for row in rows]
-                # Audited before the batch leaves, like any read of patient data.
-                await audit.record_many(conn, caller, "WatchReferrals", [
-                    (c.referral.name, c.referral.patient.patient_id) for c in changes])
-            for row, change in zip(rows, changes):
-                change.cursor = str(row["seq"])
-                after = row["seq"]
+            changes, after, more = await self.svc.changes_after(caller, scope, after)
+            for change in changes:
                 yield change
-            if len(rows) < 200:
-                await self.feed.wait(ticket)
-            else:
+            if more:
                 await asyncio.sleep(0)
+            else:
+                await self.feed.wait(ticket)
 
     async def CheckReferralRules(self, request, context):
         caller = current_caller()
@@ -251,7 +244,9 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
 
     async def ListInstitutions(self, request, context):
         consortium_id = requests.parse_consortium_name(request.parent, "parent")
-        size = min(request.page_size or 100, 500)
+        violations = Violations()
+        size = requests.page_size(violations, request.page_size, default=100, maximum=500)
+        violations.raise_if_any()
         rows = await admin.list_institutions(self.svc, current_caller(), consortium_id, request.page_token, size + 1)
         more = len(rows) > size
         rows = rows[:size]
@@ -283,7 +278,8 @@ class ReferralServicer(api_grpc.ReferralServiceServicer):
 
     async def GetDiseaseCatalogue(self, request, context):
         consortium_id, version = requests.parse_child_name(request.name, "diseaseCatalogues")
-        if version != "latest" and not version.isdigit():
+        # Catalogue versions are integer (int4) columns.
+        if version != "latest" and requests.decimal(version, requests.INT4_MAX) is None:
             raise InvalidArgument(FieldViolation("name", "版本应为数字或 latest"))
         meta, catalogue = await admin.get_catalogue(self.svc, current_caller(), consortium_id, version)
         return self._catalogue(consortium_id, meta["version"], catalogue, meta["description"], meta["created_at"],

@@ -14,6 +14,7 @@ import asyncpg
 from services.common.errors import FailedPrecondition
 
 EXPIRED_MESSAGE = "cursor expired, resync with ListReferrals"
+BATCH = 200  # change-log rows a watch reads at a time
 
 
 async def purge(pool: asyncpg.Pool, now: datetime, retention: timedelta, batch: int = 5000) -> int:
@@ -47,7 +48,7 @@ async def purged_through(conn: asyncpg.Connection, consortium_id: str) -> int:
 
 
 async def changes_after(conn: asyncpg.Connection, consortium_id: str, after: int, institution_id: str | None,
-                        limit: int = 200) -> list[asyncpg.Record]:
+                        limit: int = BATCH) -> list[asyncpg.Record]:
     """The next changes after a cursor, read in one statement with the purge mark, so a
     purge that commits meanwhile cannot make rows vanish unnoticed."""
     rows = await conn.fetch(

@@ -23,7 +23,7 @@ from services.referral.domain.model import (
     Actor, Billing, Completion, Direction, Event, Institution, Level, Need, Patient, Purpose, Referral, State,
     Urgency)
 from services.referral.domain.validators import birth_date_of, is_male, mask_name
-from services.referral.service_layer import commands
+from services.referral.service_layer import commands, retention
 
 log = get_logger(__name__)
 
@@ -41,6 +41,17 @@ class Scope:
     consortium_id: str
     # None: every referral of the consortium (the consortium office).
     institution_id: str | None
+
+    def sees(self, consortium_id: str, sending_institution_id: str, receiving_institution_id: str,
+             sent: bool) -> bool:
+        """What every read (get, list, watch, reveal, a transition's load) may show. A
+        referral never sent (a draft, perhaps still without the patient's consent) is its
+        sender's alone; for anyone else it does not exist."""
+        if consortium_id != self.consortium_id:
+            return False
+        if self.institution_id == sending_institution_id:
+            return True
+        return sent and self.institution_id in (None, receiving_institution_id)
 
 
 async def audit_referral(conn: asyncpg.Connection, caller: Caller, referral: Referral, action: str = "") -> None:
@@ -76,19 +87,13 @@ class ReferralService:
             raise PermissionDenied("调用方机构不是医联体成员", reason="NOT_A_MEMBER")
         return Scope(member.consortium_id, caller.institution_id)
 
-    @staticmethod
-    def visible(referral: Referral, caller: Caller, scope: Scope) -> bool:
-        if referral.consortium_id != scope.consortium_id:
-            return False
-        return scope.institution_id is None or scope.institution_id in (
-            referral.sending_institution_id, referral.receiving_institution_id)
-
     async def _load(self, conn: asyncpg.Connection, referral_id: str, caller: Caller, *,
                     for_update: bool = False) -> Referral:
         scope = await self.scope(conn, caller)
         referral = await repo.get(conn, referral_id, for_update=for_update)
         # Another institution's referral is indistinguishable from a missing one.
-        if referral is None or not self.visible(referral, caller, scope):
+        if referral is None or not scope.sees(referral.consortium_id, referral.sending_institution_id,
+                                              referral.receiving_institution_id, referral.submitted_at is not None):
             raise NotFound(f"转诊单 {mapping.referral_name(referral_id)} 不存在", reason="REFERRAL_NOT_FOUND")
         return referral
 
@@ -145,8 +150,12 @@ class ReferralService:
                 args.append(value)
                 where.append(sql.replace("?", f"${len(args)}"))
 
-            if scope.institution_id is not None:
-                add("(sending_institution_id = ? OR receiving_institution_id = ?)", scope.institution_id)
+            # Scope.sees, in SQL.
+            if scope.institution_id is None:
+                where.append("submitted_at IS NOT NULL")
+            else:
+                add("(sending_institution_id = ? OR (receiving_institution_id = ? AND submitted_at IS NOT NULL))",
+                    scope.institution_id)
             if f.sending_institution_id:
                 add("sending_institution_id = ?", f.sending_institution_id)
             if f.receiving_institution_id:
@@ -170,6 +179,26 @@ class ReferralService:
             await audit.record_many(conn, caller, "ListReferrals", [
                 (mapping.referral_name(r.id), r.patient.patient_id) for r in rows[:f.page_size]])
         return rows[:f.page_size], len(rows) > f.page_size
+
+    async def changes_after(self, caller: Caller, scope: Scope, after: int
+                            ) -> tuple[list[api.WatchReferralsResponse], int, bool]:
+        """WatchReferrals' next batch: the caller's changes after the cursor `after` (each
+        with its own cursor), the cursor past every row read, and whether more wait."""
+        async with self.pool.acquire() as conn:
+            # FAILED_PRECONDITION when the cursor is older than the retained history.
+            rows = await retention.changes_after(conn, scope.consortium_id, after, scope.institution_id)
+            changes = []
+            for row in rows:
+                change = api.WatchReferralsResponse.FromString(row["payload"])
+                r = change.referral
+                if scope.sees(r.consortium_id, r.sending_institution_id, r.receiving_institution_id,
+                              r.HasField("submit_time")):
+                    change.cursor = str(row["seq"])
+                    changes.append(change)
+            # Audited before the batch leaves, like any read of patient data.
+            await audit.record_many(conn, caller, "WatchReferrals", [
+                (c.referral.name, c.referral.patient.patient_id) for c in changes])
+        return changes, rows[-1]["seq"] if rows else after, len(rows) == retention.BATCH
 
     # --- create --------------------------------------------------------------------------
 
@@ -523,11 +552,20 @@ class ReferralService:
             log.warning("scheduling event for an unknown referral", referral_id=referral_id)
             return False
         actor = Actor("service:scheduling", hospital_id, is_service=True)
+        moves, seen = len(referral.history), referral.scheduling_event_at
         try:
             events = step(referral, actor, self.clock())
         except FailedPrecondition as exc:
             # e.g. the sender cancelled while the scheduler was placing it: nothing to move.
             log.info("scheduling event ignored", referral_id=referral_id, reason=exc.message)
+            return False
+        if len(referral.history) == moves:
+            # The event does not count (see Referral.schedule): nothing a reader sees
+            # changed, but a cancellation that came before its booking's placement is
+            # remembered (scheduling_event_at) so that the placement stays out.
+            if referral.scheduling_event_at != seen:
+                await repo.save(conn, referral)
+            log.info("stale scheduling event ignored", referral_id=referral_id)
             return False
         await self._commit_change(conn, referral, events, api.CHANGE_TYPE_STATE_CHANGED)
         await audit_referral(conn, Caller(actor.subject, hospital_id, Role.SERVICE), referral, "ApplySchedulingEvent")
@@ -542,8 +580,10 @@ class ReferralService:
         async with self.pool.acquire() as conn:
             consortiums = await repo.all_consortiums(conn)
         for settings in consortiums:
+            # Only up-referrals wait for scheduling: a down-referral has no hospital booking
+            # and stays accepted until the clinic records the visit.
             for stage, state_sql, since_col in (("acceptance", "state = 2", "submitted_at"),
-                                                ("scheduling", "state IN (4, 6)", "accepted_at")):
+                                                ("scheduling", "state IN (4, 6) AND direction = 1", "accepted_at")):
                 async with self.pool.acquire() as conn, conn.transaction():
                     rows = await conn.fetch(
                         f"SELECT r.referral_id, r.{since_col} AS since, r.urgency FROM referrals r "

@@ -2,6 +2,7 @@
 service's events (real envelopes on JetStream) move the referral's state."""
 import asyncio
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from google.protobuf import timestamp_pb2
 
@@ -121,5 +122,39 @@ async def test_scheduling_events_move_the_referral(world, stack):
         states = [h.to_state for h in got.history]
         assert states == [1, 2, 4, 6, 7, 7, 4, 7]
         assert got.history[-1].actor == "service:scheduling"
+    finally:
+        await broker.close()
+
+
+async def test_a_booking_cancelled_before_its_placement_arrives_stays_cancelled(world, stack, referral_app):
+    """Published out of order: the cancellation of B1, then B1's earlier placement, then a
+    newer booking B2. Each is acked (in the inbox, not dead-lettered); B1 never shows."""
+    broker = await messaging.Broker.connect(stack.nats_url, name="scheduling-test")
+    try:
+        await broker.ensure_stream("scheduling")
+        r = await world.call("AcceptReferral", world.hospital, (await world.create()).name)
+        rid = r.name.split("/")[1]
+        common = dict(referral_id=rid, hospital_id=world.hospital, sending_institution_id=world.clinics[0])
+        now = datetime.now(timezone.utc)
+        ids = []
+        for event, occurred in ((sched.BookingCancelled(booking_id="B1", reason="设备故障", **common), now),
+                                (sched.ReferralScheduled(booking_id="B1", items=[_item("c1", 1_900_000_000)],
+                                                         **common), now - timedelta(minutes=1)),
+                                (sched.ReferralScheduled(booking_id="B2", items=[_item("c1", 1_900_172_800)],
+                                                         **common), now + timedelta(seconds=1))):
+            env = messaging.envelope(event, aggregate_id=rid, hospital_id=world.hospital)
+            env.occur_time.FromDatetime(occurred)
+            await broker.js.publish(messaging.subject_for(event, world.hospital), env.SerializeToString(),
+                                    headers={"Nats-Msg-Id": env.event_id})
+            ids.append(env.event_id)
+        pool = referral_app.ctx.pool
+
+        async def all_handled():
+            return await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id::text = ANY($1::text[])", ids) == 3
+        await _until(all_handled)
+        got = await world.stub.GetReferral(api.GetReferralRequest(name=r.name), metadata=world.md(world.clinics[0]))
+        assert (got.state, got.booking_id) == (rtypes.REFERRAL_STATE_SCHEDULED, "B2")
+        assert [h.to_state for h in got.history] == [1, 2, 4, 7]
+        assert not await pool.fetchval("SELECT count(*) FROM dead_letters WHERE event_id = ANY($1::text[])", ids)
     finally:
         await broker.close()

@@ -22,6 +22,8 @@ def referral(state: State = State.DRAFT, consent: bool = True) -> Referral:
                  diagnosis_code="I63.9", department="neurology", created_by="doc", created_at=NOW,
                  consent=Consent(True, "doc", NOW) if consent else None)
     r.state = state
+    if state is State.SCHEDULED:
+        r.booking_id = "B1"
     return r
 
 
@@ -37,9 +39,9 @@ CALLS = {
     "arrive": (lambda r, a: r.record_arrival(a, NOW), HOSPITAL),
     "no_show": (lambda r, a: r.record_no_show(a, NOW), HOSPITAL),
     "complete": (lambda r, a: r.complete(a, NOW, Completion("好转"), False), HOSPITAL),
-    "waitlist": (lambda r, a: r.waitlist(a, NOW, "号源已满"), SCHEDULER),
-    "schedule": (lambda r, a: r.schedule(a, NOW, "B1", []), SCHEDULER),
-    "booking_cancelled": (lambda r, a: r.booking_cancelled(a, NOW, "B1", "取消"), SCHEDULER),
+    "waitlist": (lambda r, a: r.waitlist(a, NOW, "号源已满", NOW), SCHEDULER),
+    "schedule": (lambda r, a: r.schedule(a, NOW, "B1", [], NOW), SCHEDULER),
+    "booking_cancelled": (lambda r, a: r.booking_cancelled(a, NOW, r.booking_id, "取消", NOW), SCHEDULER),
     "rebook": (lambda r, a: r.rebook(a, NOW, "患者要求重新预约"), HOSPITAL),
 }
 EVENTS = {"submit": "submitted", "resubmit": "submitted", "accept": "accepted", "reject": "rejected",
@@ -77,7 +79,7 @@ def test_sender_cannot_act_for_the_receiver(action):
 
 def test_only_the_scheduler_moves_scheduling_states():
     with pytest.raises(PermissionDenied):
-        referral(State.ACCEPTED).schedule(HOSPITAL, NOW, "B1", [])
+        referral(State.ACCEPTED).schedule(HOSPITAL, NOW, "B1", [], NOW)
 
 
 def test_submit_needs_consent_and_reasons_are_required():
