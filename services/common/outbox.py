@@ -62,6 +62,22 @@ def row(event: Message, *, aggregate_id: str, hospital_id: str, request_id: str 
                  env.SerializeToString())
 
 
+async def rewrite_unsent(conn: asyncpg.Connection, event_id: str, event: Message, *, aggregate_id: str,
+                         hospital_id: str) -> bool:
+    """Replace an event not yet published by a newer version under the same id (what the
+    consumers have not seen cannot be stale for them). False once it is published or being
+    published: the caller then announces the change with an event of its own."""
+    old = await conn.fetchval("SELECT payload FROM outbox WHERE event_id = $1 AND sent_at IS NULL FOR UPDATE",
+                              event_id)
+    if old is None:
+        return False
+    previous = event_pb2.EventEnvelope.FromString(old)
+    env = messaging.envelope(event, aggregate_id=aggregate_id, hospital_id=hospital_id, event_id=event_id,
+                             request_id=previous.request_id, traceparent=previous.traceparent)
+    await conn.execute("UPDATE outbox SET payload = $2 WHERE event_id = $1", event_id, env.SerializeToString())
+    return True
+
+
 class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, broker: messaging.Broker, schema: str, *,
                  dsn: str, poll_seconds: float = 1.0, batch_size: int = 200,
@@ -153,7 +169,7 @@ class OutboxRelay:
                 return 0  # another replica's relay is publishing this outbox
             rows = await conn.fetch(
                 "SELECT seq, event_id, subject, aggregate_id, payload FROM outbox WHERE sent_at IS NULL "
-                "ORDER BY seq LIMIT $1", self._batch)
+                "ORDER BY seq LIMIT $1 FOR UPDATE", self._batch)  # rewrite_unsent waits for the batch
             PENDING.labels(self._schema).set(len(rows))
             if not rows:
                 return 0

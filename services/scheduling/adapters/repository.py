@@ -112,12 +112,14 @@ async def bed_nights(conn, hospital_id: str, first: date, last: date, movable: l
                             hospital_id, first, last, movable)
 
 
-async def free_place(conn, slot_id: str, allow_overflow: bool) -> int | None:
+async def free_place(conn, slot_id: str, pool: str) -> int | None:
+    """A free place of the slot in the pool the engine charged ('reserved' or 'overflow'):
+    taking another pool's place would leave the engine's plan for the next referral short."""
     return await conn.fetchval("""
         SELECT place_no FROM slot_places p
-         WHERE slot_id = $1 AND (pool = 'reserved' AND released_at IS NULL OR pool = 'overflow' AND $2)
+         WHERE slot_id = $1 AND pool = $2 AND (pool = 'overflow' OR released_at IS NULL)
            AND NOT EXISTS (SELECT 1 FROM booking_items bi WHERE bi.slot_id = p.slot_id AND bi.place_no = p.place_no)
-         ORDER BY pool = 'reserved' DESC, place_no LIMIT 1""", slot_id, allow_overflow)
+         ORDER BY place_no LIMIT 1""", slot_id, pool)
 
 
 # --------------------------------------------------------------------------- referrals
@@ -146,9 +148,11 @@ async def set_referral_state(conn, referral_id: str, state: str, reason_code: st
                        "WHERE referral_id = $1", referral_id, state, reason_code, reason)
 
 
-async def waitlisted(conn, hospital_id: str, since: datetime) -> list[asyncpg.Record]:
+async def waitlisted(conn, hospital_id: str) -> list[asyncpg.Record]:
+    """Every referral on the list, however long it has waited: the clinic was told it
+    stays there until placed (allocation.WAITLIST_NOTE)."""
     return await conn.fetch("SELECT * FROM referrals WHERE hospital_id = $1 AND state = 'WAITLISTED' "
-                            "AND accepted_at >= $2 ORDER BY accepted_at, referral_id", hospital_id, since)
+                            "ORDER BY accepted_at, referral_id", hospital_id)
 
 
 async def hospitals_with_waitlist(conn) -> list[str]:

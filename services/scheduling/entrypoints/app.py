@@ -45,8 +45,13 @@ class Reoptimiser:
             await repo.confirm_sent(conn)
         promoted: list[str] = []
         for h in sorted(x for x in hospitals if self._mine(x)):
-            async with self.pool.acquire() as conn, conn.transaction():
-                promoted += await reoptimise(conn, self.sched, h)
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    promoted += await reoptimise(conn, self.sched, h)
+            except Exception as exc:  # noqa: BLE001 - one hospital's failure must not stop the others'
+                log.warning("reoptimisation of a hospital failed, will retry", hospital_id=h, error=str(exc),
+                            error_type=type(exc).__name__)
+                self._woken.add(h)
         return promoted
 
     async def loop(self) -> None:

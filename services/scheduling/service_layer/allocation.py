@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 from prometheus_client import Counter, Histogram
@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from referral.v1 import types_pb2 as rtypes
 from scheduling.v1 import events_pb2
 from services.common import outbox
+from services.common.errors import AlreadyExists
 from services.common.logging import get_logger
 from services.scheduling import engine
 from services.scheduling.adapters import repository as repo
@@ -114,7 +115,7 @@ async def write_items(conn, booking_id: str, demand: ea.Demand, assignments, hor
                                        bed_id=a.resource_id, nights=[horizon.date(n) for n in a.nights],
                                        gender=demand.gender)
             continue
-        place = await repo.free_place(conn, a.resource_id, demand.referral.green_channel)
+        place = await repo.free_place(conn, a.resource_id, a.pool.value.lower())
         if place is None:
             raise PlaceGone(a.resource_id)
         await repo.insert_slot_item(conn, item_id=item_id, booking_id=booking_id, need_id=need_id,
@@ -161,20 +162,25 @@ async def _book(conn, snapshot: rtypes.ReferralSnapshot, demand: ea.Demand, solu
     assignments = solution.items_of(snapshot.referral_id).values()
     await write_items(conn, booking_id, demand, assignments, horizon)
     await repo.set_referral_state(conn, snapshot.referral_id, "SCHEDULED")
-    items = await rendering.items_of(conn, booking_id)
-    # Nothing to book (every need covered by a recognised prior result): the referral is
-    # placed all the same, with an empty booking and a note saying why.
-    nothing = not assignments
-    event = events_pb2.ReferralScheduled(
-        referral_id=snapshot.referral_id, booking_id=booking_id, hospital_id=snapshot.hospital_id,
-        sending_institution_id=snapshot.sending_institution_id, items=items, trips=rendering.trips(items),
-        bring=preparation.BRING, nothing_to_book=nothing, note=NOTHING_TO_BOOK if nothing else "")
+    booking = await repo.get_booking(conn, booking_id)
+    event = await _scheduled_event(conn, booking)
     env = await outbox.add(conn, event, aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id,
                            request_id=request_id)
     await repo.set_scheduled_event(conn, booking_id, env.event_id)
-    await _hold_today_beds(conn, await repo.get_booking(conn, booking_id), horizon)
+    await _hold_today_beds(conn, booking, horizon)
     OUTCOMES.labels("BOOKED").inc()
     return booking_id
+
+
+async def _scheduled_event(conn, booking) -> events_pb2.ReferralScheduled:
+    items = await rendering.items_of(conn, booking["booking_id"])
+    # Nothing to book (every need covered by a recognised prior result): the referral is
+    # placed all the same, with an empty booking and a note saying why.
+    nothing = not items
+    return events_pb2.ReferralScheduled(
+        referral_id=booking["referral_id"], booking_id=booking["booking_id"], hospital_id=booking["hospital_id"],
+        sending_institution_id=booking["sending_institution_id"], items=items, trips=rendering.trips(items),
+        bring=preparation.BRING, nothing_to_book=nothing, note=NOTHING_TO_BOOK if nothing else "")
 
 
 async def _waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: str, request_id: str,
@@ -235,6 +241,9 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
     rid = snapshot.referral_id
     await repo.lock_hospital(conn, snapshot.hospital_id)
     known = await repo.get_referral(conn, rid, for_update=True)
+    if known is not None and known["hospital_id"] != snapshot.hospital_id:
+        # Another hospital's referral: neither its booking nor its snapshot is this caller's.
+        raise AlreadyExists("该转诊单编号已属于其他医院", reason="REFERRAL_OF_ANOTHER_HOSPITAL")
     live = await repo.live_booking_of(conn, rid)
     if live is not None:
         return Outcome(rid, booking_id=live["booking_id"])  # the same acceptance again
@@ -295,7 +304,7 @@ async def reoptimise(conn: asyncpg.Connection, sched: Scheduler, hospital_id: st
     await repo.lock_hospital(conn, hospital_id)
     await repo.confirm_sent(conn, hospital_id)
     horizon = sched.horizon(now)
-    waiting = await repo.waitlisted(conn, hospital_id, now - timedelta(days=sched.settings.horizon_days))
+    waiting = await repo.waitlisted(conn, hospital_id)
     left = await quota_left(conn, hospital_id)
     if left is not None:
         # Under a hard quota, only as many routine referrals of a clinic as it has
@@ -334,7 +343,12 @@ async def reoptimise(conn: asyncpg.Connection, sched: Scheduler, hospital_id: st
     moved = [b for b in tentative if b["referral_id"] in placed
              and not _same_place(existing[b["referral_id"]], solution.items_of(b["referral_id"]))]
     if moved:
-        await _move(conn, moved, snapshots, demands, solution, horizon)
+        try:
+            async with conn.transaction():  # a savepoint: a lost race undoes the moves only
+                await _move(conn, moved, demands, solution, horizon)
+        except (PlaceGone, asyncpg.UniqueViolationError) as exc:
+            log.info("moves lost a race; the bookings stay where they are", hospital_id=hospital_id, error=str(exc))
+            moved = []
     promoted = []
     for row in waiting:
         rid = row["referral_id"]
@@ -352,15 +366,29 @@ async def reoptimise(conn: asyncpg.Connection, sched: Scheduler, hospital_id: st
     return promoted
 
 
-async def _move(conn, moved, snapshots, demands, solution, horizon) -> None:
+async def _move(conn, moved, demands, solution, horizon) -> None:
+    """Move tentative bookings, whose ReferralScheduled has not been published yet: that
+    event is rewritten with the new places, so the patient hears only the final ones. One
+    published meanwhile is followed by a BookingRescheduled instead."""
     # Free every moved booking's places first: one may take another's old place.
     previous = {b["booking_id"]: await rendering.items_of(conn, b["booking_id"]) for b in moved}
     for b in moved:
         await repo.delete_items(conn, b["booking_id"])
+        await release_held_bed(conn, b["booking_id"])
     for b in moved:
         rid = b["referral_id"]
         await write_items(conn, b["booking_id"], demands[rid], solution.items_of(rid).values(), horizon)
-        await add_rescheduled(conn, b, previous[b["booking_id"]], "为让候补患者尽早就诊，调整了尚未通知的预约")
+        event_id = b["scheduled_event_id"]
+        if event_id is None or not await outbox.rewrite_unsent(
+                conn, str(event_id), await _scheduled_event(conn, b), aggregate_id=rid, hospital_id=b["hospital_id"]):
+            await add_rescheduled(conn, b, previous[b["booking_id"]], "为让候补患者尽早就诊，调整了预约")
+        await _hold_today_beds(conn, b, horizon)
+
+
+async def release_held_bed(conn, booking_id: str) -> None:
+    """A bed held on the board for a booking that no longer takes it goes back to FREE."""
+    await conn.execute("UPDATE beds SET status = 'FREE', held_booking_id = NULL, updated_at = now() "
+                       "WHERE held_booking_id = $1", booking_id)
 
 
 async def add_rescheduled(conn, booking, previous, reason: str, request_id: str = "") -> None:

@@ -127,3 +127,20 @@ async def test_concurrent_allocations_never_overbook(stack, app, stub, hospital)
             await conn.execute("INSERT INTO booking_items (item_id, booking_id, need_id, engine_item_id, kind, slot_id, "
                                "place_no) VALUES ('dup', $1, 'n', 'consultation', 'CONSULTATION', $2, $3)",
                                other, held[0]["slot_id"], held[0]["place_no"])
+
+
+async def test_another_hospitals_desk_cannot_allocate_a_referral_of_this_one(stack, app, stub, hospital):
+    day = today() + timedelta(days=1)
+    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
+    await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
+        session(f"{hospital}-S1", day)]), metadata=desk)
+    snap = referral(hospital)
+    booked = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=snap), metadata=desk)
+    other = f"{hospital}X"
+    foreign = referral(other, rid=snap.referral_id)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.AllocateReferral(pb.AllocateReferralRequest(referral=foreign),
+                                    metadata=stack.metadata(other, Role.REFERRAL_DESK))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "其他医院" in err.value.details()
+    got = await stub.GetBooking(pb.GetBookingRequest(name=booked.booking.name), metadata=desk)
+    assert got.hospital_id == hospital and got.state in (pb.BOOKING_STATE_TENTATIVE, pb.BOOKING_STATE_CONFIRMED)
