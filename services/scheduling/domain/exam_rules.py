@@ -47,6 +47,12 @@ _CONDITION_ALIASES = {
     CONTRAST_ALLERGY: ("CONTRAST_ALLERGY", "IODINE_ALLERGY", "碘造影剂过敏", "造影剂过敏", "碘过敏"),
 }
 CONDITION_TEXT = {PACEMAKER: "体内植入心脏起搏器", PREGNANCY: "妊娠", CONTRAST_ALLERGY: "碘造影剂过敏"}
+# The usual modalities as clinics read them; another keeps its code.
+MODALITY_TEXT = {"CT": "CT", "MRI": "磁共振（MRI）", "US": "超声", "ENDOSCOPY": "胃肠镜", "DR": "DR"}
+
+
+def modality_text(modality: str) -> str:
+    return MODALITY_TEXT.get(modality.upper(), modality)
 
 
 def _normalise(text: str) -> str:
@@ -120,7 +126,8 @@ class Verdict:
         return f"未收到有效的{names}检验结果：请在检查前到基层医疗机构或本院检验科完成{names}检验并携带结果"
 
     def contraindication_text(self) -> str:
-        parts = [f"{m}检查（患者{CONDITION_TEXT.get(c, label)}，属“{label}”禁忌）" for _, m, c, label in self.contraindicated]
+        parts = [f"{modality_text(m)}检查（患者{CONDITION_TEXT.get(c, label)}，为该检查禁忌）"
+                 for _, m, c, label in self.contraindicated]
         return "以下检查存在禁忌，未予预约：" + "；".join(parts) + "。请转诊医生更换检查方式后重新提交"
 
     def unmet_text(self, deadline: str) -> str:

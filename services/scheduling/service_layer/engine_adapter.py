@@ -223,9 +223,12 @@ def problem(horizon: Horizon, capacity: Capacity, demands: list[Demand],
 
 async def reason_text(conn, hospital_id: str, why: engine.UnplacedReferral, horizon: Horizon) -> str:
     """The engine's reason as the clinic reads it: in Chinese, the deadline named by its
-    date and the department by the name the hospital publishes for it."""
+    date, the department by the name the hospital publishes for it, the modality by its
+    Chinese name."""
     if why.reason == engine.ReasonCode.NO_CONSULTATION_SLOT_BEFORE_DEADLINE:
         why = replace(why, what=await repo.department_name(conn, hospital_id, why.what) or why.what)
+    elif why.reason == engine.ReasonCode.NO_EXAM_SLOT_BEFORE_DEADLINE:
+        why = replace(why, what=exam_rules.modality_text(why.what))
     return why.text("zh", day=lambda d: calendar.zh_date(horizon.date(d)))
 
 

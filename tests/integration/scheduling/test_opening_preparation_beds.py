@@ -214,3 +214,10 @@ async def test_an_emergency_left_waiting_by_a_full_day_is_told_its_deadline_and_
         booking = await repo.live_booking_of(conn, snap.referral_id)
         consult, = await rendering.items_of(conn, booking["booking_id"])
     assert _day(consult) == tomorrow
+
+
+async def test_a_waitlist_reason_names_the_modality_in_chinese(stack, app, stub, hospital):
+    waiting = await _allocate(app, referral(hospital, exam("ENDOSCOPY", need_id="n-endo")),
+                              calendar.at(today(), 8 * 60))
+    assert waiting.reason_code == "NO_EXAM_SLOT_BEFORE_DEADLINE" and "没有可用的胃肠镜检查号源" in waiting.reason, \
+        waiting.reason

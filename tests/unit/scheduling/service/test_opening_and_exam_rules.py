@@ -67,9 +67,13 @@ def test_pacemaker_contraindicates_mri_only():
     assert exam_rules.conditions_of_diagnosis("Z95.0") == {exam_rules.PACEMAKER}
     d = referral_demand(_snap(_exam("mri", "MRI"), _exam("us", "US"), diagnosis="Z95.0"), NOW, H, {}, rules=rules)
     assert d.contraindicated and d.verdict.contraindicated == (("mri", "MRI", exam_rules.PACEMAKER, "心脏起搏器"),)
-    assert "MRI" in d.verdict.contraindication_text() and "起搏器" in d.verdict.contraindication_text()
+    assert "磁共振（MRI）检查（患者体内植入心脏起搏器，为该检查禁忌）" in d.verdict.contraindication_text()
     # Covered by a prior result: nothing is booked, so nothing is contraindicated.
     covered = referral_demand(_snap(_exam("mri", "MRI", covered=True), diagnosis="Z95.0"), NOW, H, {}, rules=rules)
     assert not covered.contraindicated
     pregnant = referral_demand(_snap(_exam("ct", "CT"), diagnosis="O26.9"), NOW, H, {}, rules=rules)
     assert pregnant.verdict.contraindicated[0][2] == exam_rules.PREGNANCY
+
+
+def test_modalities_are_named_in_chinese_for_clinics_and_unknown_ones_keep_their_code():
+    assert [exam_rules.modality_text(m) for m in ("ENDOSCOPY", "us", "PET")] == ["胃肠镜", "超声", "PET"]
