@@ -284,7 +284,8 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         if request.HasField("expected_discharge_date"):
             discharge = resources.check_date(v, request.expected_discharge_date, "expected_discharge_date")
         v.raise_if_any()
-        return await self._change_bed(request.bed_id, lambda conn: bedboard.update_status(conn, request.bed_id, scope, status, discharge))
+        return await self._change_bed(request.bed_id, lambda conn: bedboard.update_status(
+            conn, self.sched, request.bed_id, scope, status, discharge))
 
     async def SetExpectedDischarge(self, request, context):
         scope = bed_scope(Role.BED_MANAGER, Role.SERVICE)
@@ -293,7 +294,8 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         v.check(request.HasField("expected_discharge_date"), "expected_discharge_date", "必填")
         day = resources.check_date(v, request.expected_discharge_date, "expected_discharge_date")
         v.raise_if_any()
-        return await self._change_bed(request.bed_id, lambda conn: bedboard.set_expected_discharge(conn, request.bed_id, scope, day))
+        return await self._change_bed(request.bed_id, lambda conn: bedboard.set_expected_discharge(
+            conn, self.sched, request.bed_id, scope, day))
 
     async def HoldBed(self, request, context):
         scope = bed_scope(Role.BED_MANAGER, Role.SERVICE)

@@ -40,7 +40,9 @@ def subscription(sched: Scheduler) -> Subscription:
             sched.on_capacity_freed(hospital)
 
     async def no_show(conn, env, event: revents.PatientNoShow) -> None:
-        await bookings.mark(conn, event.referral.referral_id, "NO_SHOW")
+        hospital = await bookings.mark(conn, event.referral.referral_id, "NO_SHOW")
+        if hospital:  # an admission's unused nights went back to the board
+            sched.on_capacity_freed(hospital)
 
     async def arrived(conn, env, event: revents.PatientArrived) -> None:
         await bookings.mark(conn, event.referral.referral_id, "ARRIVED")

@@ -183,7 +183,7 @@ async def _scheduled_event(conn, booking) -> events_pb2.ReferralScheduled:
         bring=preparation.BRING, nothing_to_book=nothing, note=NOTHING_TO_BOOK if nothing else "")
 
 
-async def _waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: str, request_id: str,
+async def waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: str, request_id: str,
                     announce: bool) -> None:
     await repo.set_referral_state(conn, snapshot.referral_id, "WAITLISTED", code, reason)
     if announce:
@@ -255,14 +255,14 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
     horizon = sched.horizon(now)
     left = await quota_left(conn, snapshot.hospital_id)
     if left is not None and quota_bound(snapshot) and left.get(snapshot.sending_institution_id, 1) <= 0:
-        await _waitlist(conn, snapshot, *QUOTA_EXHAUSTED, request_id, first_time)
+        await waitlist(conn, snapshot, *QUOTA_EXHAUSTED, request_id, first_time)
         return Outcome(rid, reason_code=QUOTA_EXHAUSTED[0], reason=QUOTA_EXHAUSTED[1])
     for attempt in range(sched.settings.conflict_retries):
         capacity = await ea.load_capacity(conn, snapshot.hospital_id, horizon, now, [])
         demand = ea.referral_demand(snapshot, accepted_at, horizon, capacity.prep_days, rules=capacity.exam_rules)
         if demand.contraindicated:
             text = demand.verdict.contraindication_text()
-            await _waitlist(conn, snapshot, exam_rules.CONTRAINDICATED, text, request_id, first_time)
+            await waitlist(conn, snapshot, exam_rules.CONTRAINDICATED, text, request_id, first_time)
             return Outcome(rid, reason_code=exam_rules.CONTRAINDICATED, reason=text)
         problem = ea.problem(horizon, capacity, [demand], quotas=await _quotas(conn, snapshot.hospital_id))
         solution = await sched.solve(problem, "allocate")
@@ -276,7 +276,7 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
                 note = await _released_in_window(conn, snapshot.hospital_id, problem, demand.referral, why,
                                                  horizon, now)
                 text = text.rstrip("。") + note + WAITLIST_NOTE
-            await _waitlist(conn, snapshot, code, text, request_id, first_time)
+            await waitlist(conn, snapshot, code, text, request_id, first_time)
             return Outcome(rid, reason_code=code, reason=text)
         try:
             async with conn.transaction():  # a savepoint: a lost race undoes only this attempt
@@ -284,7 +284,7 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
             return Outcome(rid, booking_id=booking_id)
         except (PlaceGone, asyncpg.UniqueViolationError) as exc:
             log.info("allocation lost a race, retrying", referral_id=rid, attempt=attempt + 1, error=str(exc))
-    await _waitlist(conn, snapshot, *NO_CAPACITY, request_id, first_time)
+    await waitlist(conn, snapshot, *NO_CAPACITY, request_id, first_time)
     return Outcome(rid, reason_code=NO_CAPACITY[0], reason=NO_CAPACITY[1])
 
 

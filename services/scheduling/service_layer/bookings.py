@@ -10,9 +10,11 @@ from scheduling.v1 import events_pb2
 from services.common import outbox
 from services.common.errors import FailedPrecondition
 from services.scheduling.adapters import repository as repo
+from services.scheduling.domain import calendar
 from services.scheduling.service_layer import engine_adapter as ea
 from services.scheduling.service_layer import rendering
-from services.scheduling.service_layer.allocation import PlaceGone, Scheduler, add_rescheduled, write_items
+from services.scheduling.service_layer.allocation import (
+    WAITLIST_NOTE, PlaceGone, Scheduler, waitlist, add_rescheduled, release_held_bed, write_items)
 
 LIVE = ("TENTATIVE", "CONFIRMED")
 
@@ -20,8 +22,7 @@ LIVE = ("TENTATIVE", "CONFIRMED")
 async def cancel(conn: asyncpg.Connection, booking, reason: str, request_id: str = "") -> None:
     """Frees every place of the booking and tells everyone; the caller wakes re-optimisation."""
     await repo.lock_hospital(conn, booking["hospital_id"])
-    await conn.execute("UPDATE beds SET status = 'FREE', held_booking_id = NULL, updated_at = now() "
-                       "WHERE held_booking_id = $1", booking["booking_id"])
+    await release_held_bed(conn, booking["booking_id"])
     await repo.delete_items(conn, booking["booking_id"])
     await repo.set_booking_state(conn, booking["booking_id"], "CANCELLED")
     await outbox.add(conn, events_pb2.BookingCancelled(
@@ -44,14 +45,28 @@ async def cancel_referral(conn, referral_id: str, reason: str) -> str | None:
     return live["hospital_id"]
 
 
-async def mark(conn, referral_id: str, state: str) -> None:
-    """Arrived or no-show: the places stay used (a no-show's place counts as such)."""
+async def mark(conn, referral_id: str, state: str, today: date | None = None) -> str | None:
+    """Arrived or no-show: the places stay used (a no-show's place counts as such). Of a
+    no-show's admission only the first night (and any night already past) stays used:
+    the rest of the planned stay would stand empty, so those nights and a bed held for it
+    go back to the board. Returns the hospital whose capacity was freed, if any."""
     if await repo.get_referral(conn, referral_id, for_update=True) is None:
-        return
+        return None
     await repo.set_referral_state(conn, referral_id, state)
     live = await repo.live_booking_of(conn, referral_id)
-    if live is not None:
-        await repo.set_booking_state(conn, live["booking_id"], state)
+    if live is None:
+        return None
+    await repo.set_booking_state(conn, live["booking_id"], state)
+    if state != "NO_SHOW":
+        return None
+    today = today or calendar.local_date(datetime.now(calendar.LOCAL))
+    await release_held_bed(conn, live["booking_id"])
+    freed = await conn.fetchval("""
+        WITH freed AS (DELETE FROM bed_nights n USING booking_items bi
+                        WHERE n.item_id = bi.item_id AND bi.booking_id = $1 AND n.night > bi.first_night
+                          AND n.night >= $2 RETURNING 1)
+        SELECT count(*) FROM freed""", live["booking_id"], today)
+    return live["hospital_id"] if freed else None
 
 
 async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, request_id: str = "",
@@ -77,8 +92,7 @@ async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, 
         text = await ea.reason_text(conn, booking["hospital_id"], why, horizon) if why else ""
         raise FailedPrecondition(f"没有可改约的号源：{text}", reason="NO_CAPACITY")
     previous = await rendering.items_of(conn, booking["booking_id"])
-    await conn.execute("UPDATE beds SET status = 'FREE', held_booking_id = NULL, updated_at = now() "
-                       "WHERE held_booking_id = $1", booking["booking_id"])
+    await release_held_bed(conn, booking["booking_id"])
     await repo.delete_items(conn, booking["booking_id"])
     try:
         async with conn.transaction():
@@ -89,6 +103,29 @@ async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, 
     await conn.execute("UPDATE referrals SET snapshot = $2, updated_at = now() WHERE referral_id = $1",
                        snapshot.referral_id, snapshot.SerializeToString())
     await add_rescheduled(conn, booking, previous, reason or "按患者要求改约", request_id)
+
+
+BED_UNAVAILABLE = "BED_UNAVAILABLE"
+_BED_GONE = "原定床位因病区床位变动无法按期空出"
+
+
+async def displace(conn, sched: Scheduler, booking) -> bool:
+    """A live booking whose bed will not be free on its nights (the ward recorded a longer
+    stay, a blocked bed): moved to the best places now as a reschedule moves it, patient
+    and clinic told by BookingRescheduled. When nothing fits it is cancelled as any
+    cancellation is (BookingCancelled) and its referral waitlisted with the reason
+    (ReferralWaitlisted), for re-optimisation to place when a bed frees. True when moved."""
+    try:
+        async with conn.transaction():  # a savepoint: a move that fails leaves the booking as it was
+            await reschedule(conn, sched, booking, [], f"{_BED_GONE}，已为您调整住院安排")
+        return True
+    except FailedPrecondition:
+        pass
+    await cancel(conn, booking, f"{_BED_GONE}，且暂无其他合适床位，预约已取消并转入候补，有床位时将重新安排")
+    referral = await repo.get_referral(conn, booking["referral_id"], for_update=True)
+    await waitlist(conn, rtypes.ReferralSnapshot.FromString(referral["snapshot"]), BED_UNAVAILABLE,
+                    f"{_BED_GONE}，暂无其他合适床位{WAITLIST_NOTE}", "", True)
+    return False
 
 
 def to_date(d) -> date:

@@ -128,6 +128,32 @@ async def _replace_slots(conn, hospital_id: str, resource_type: str, where: str,
     return True
 
 
+# What a patient with a live booking was told besides the time: where, whom, what. The
+# columns of sessions / exam_channels, with the request field that sets each.
+_TOLD = {"department": ("department", "科室"), "doctor_id": ("doctor_id", "医生"), "modality": ("modality", "检查类型"),
+         "building": ("place.building", "楼栋"), "floor": ("place.floor", "楼层"), "room": ("place.room", "房间")}
+
+
+async def _refuse_changes_once_booked(conn, table: str, key: str,
+                                     wanted: dict[str, tuple[str, dict[str, str]]]) -> None:
+    """Refuses to change what live bookings' patients were told (wanted: id -> (request
+    path, column -> new value)): they would go to the old room from their message while
+    GetBooking shows the new one. Unbooked capacity may change freely."""
+    if not wanted:
+        return
+    columns = list(next(iter(wanted.values()))[1])
+    rows = await conn.fetch(f"""
+        SELECT x.{key} AS id, {", ".join(f"x.{c}" for c in columns)} FROM {table} x
+         WHERE x.{key} = ANY($1::text[]) AND EXISTS (
+               SELECT 1 FROM slots s JOIN booking_items bi USING (slot_id) JOIN bookings bk USING (booking_id)
+                WHERE s.{key} = x.{key} AND bk.state IN ('TENTATIVE', 'CONFIRMED'))""", list(wanted))
+    changed = [f"{wanted[r['id']][0]}.{_TOLD[c][0]}（{_TOLD[c][1]}）" for r in rows for c in columns
+               if r[c] != wanted[r["id"]][1][c]]
+    if changed:
+        raise FailedPrecondition(f"已有转诊预约，不能修改{'、'.join(changed)}；请先改约或取消相关预约",
+                                 reason="CAPACITY_BOOKED")
+
+
 def _session_slots(s: pb.OutpatientSession, day: date, reserved: int) -> list[tuple[str, datetime, int, list[str]]]:
     starts = calendar.cut(calendar.parse_hhmm(s.start_time), calendar.parse_hhmm(s.end_time), s.slot_minutes)
     res, over = distribute(reserved, len(starts)), distribute(s.overflow_places, len(starts))
@@ -173,6 +199,10 @@ async def publish_sessions(conn, req: pb.PublishSessionsRequest) -> pb.PublishSe
         if s.session_id in taken:
             v.add(f"sessions[{i}].session_id", "该编号已被其他医院使用")
     v.raise_if_any()
+    await _refuse_changes_once_booked(conn, "sessions", "session_id", {
+        s.session_id: (f"sessions[{i}]", {"department": s.department.strip(), "doctor_id": s.doctor_id,
+                                          "building": s.place.building, "floor": s.place.floor, "room": s.place.room})
+        for i, s in enumerate(req.sessions)})
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     slots = places = 0
     for s, day, reserved in plans:
@@ -240,6 +270,10 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest) -> pb.
                 f"预留与绿色通道号源之和超过当天可用时段数（{n}）")
         days.append((d, day, start, end, length))
     v.raise_if_any()
+    await _refuse_changes_once_booked(conn, "exam_channels", "channel_id", {
+        c.channel_id: (f"channels[{i}]", {"modality": c.modality, "building": c.place.building,
+                                          "floor": c.place.floor, "room": c.place.room})
+        for i, c in enumerate(req.channels)})
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     for c in channels.values():
         text = preparation.exam_preparation(c.modality, c.fasting_hours, c.contrast_agent,
@@ -280,12 +314,15 @@ async def upsert_beds(conn, req: pb.UpsertBedsRequest) -> pb.UpsertBedsResponse:
     v = Violations()
     check_id(v, req.hospital_id, "hospital_id")
     v.check(len(req.wards) > 0, "wards", "至少一个病区")
-    ward_ids, room_ids, bed_ids = [], [], []
+    # Each id and the field that names it, for an id another hospital already has.
+    ward_ids: dict[str, str] = {}
+    room_ids: dict[str, str] = {}
+    bed_ids: dict[str, str] = {}
     for i, w in enumerate(req.wards):
         f = f"wards[{i}]"
         check_id(v, w.ward_id, f"{f}.ward_id")
         v.check(w.ward_id not in ward_ids, f"{f}.ward_id", "重复的病区")
-        ward_ids.append(w.ward_id)
+        ward_ids.setdefault(w.ward_id, f"{f}.ward_id")
         v.check(bool(w.department.strip()), f"{f}.department", "必填")
         v.check(0 <= w.min_age <= 150 and 0 <= w.max_age <= 150, f"{f}.min_age", "年龄须在0到150之间")
         v.check(not (w.max_age and w.min_age > w.max_age), f"{f}.max_age", "不能小于最小年龄")
@@ -293,18 +330,21 @@ async def upsert_beds(conn, req: pb.UpsertBedsRequest) -> pb.UpsertBedsResponse:
             g = f"{f}.rooms[{j}]"
             check_id(v, r.room_id, f"{g}.room_id")
             v.check(r.room_id not in room_ids, f"{g}.room_id", "重复的房间")
-            room_ids.append(r.room_id)
+            room_ids.setdefault(r.room_id, f"{g}.room_id")
             v.check(1 <= r.capacity <= 20, f"{g}.capacity", "须在1到20之间")
             v.check(r.gender_policy in GENDER_POLICY, f"{g}.gender_policy", "须指定性别安排")
             v.check(len(r.beds) <= max(r.capacity, 1), f"{g}.beds", "床位数不能超过房间容量")
             for k, b in enumerate(r.beds):
                 check_id(v, b.bed_id, f"{g}.beds[{k}].bed_id")
                 v.check(b.bed_id not in bed_ids, f"{g}.beds[{k}].bed_id", "重复的床位")
-                bed_ids.append(b.bed_id)
+                bed_ids.setdefault(b.bed_id, f"{g}.beds[{k}].bed_id")
     v.raise_if_any()
-    for table, key, ids in (("wards", "ward_id", ward_ids), ("beds", "bed_id", bed_ids)):
-        for other in await _owned_elsewhere(conn, table, key, ids, req.hospital_id):
-            v.add(key, f"{other} 已被其他医院使用")
+    # A room belongs to a hospital through its ward: the upsert below would move another
+    # hospital's room (and its beds) into this hospital's ward.
+    for table, key, ids in (("wards", "ward_id", ward_ids), ("rooms JOIN wards USING (ward_id)", "room_id", room_ids),
+                            ("beds", "bed_id", bed_ids)):
+        for other in sorted(await _owned_elsewhere(conn, table, key, list(ids), req.hospital_id)):
+            v.add(ids[other], "该编号已被其他医院使用")
     v.raise_if_any()
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     for w in req.wards:

@@ -71,3 +71,25 @@ async def test_scope_and_roles(stack, app, stub, hospital):
     one = await stub.PublishSessions(request, metadata=desk)
     two = await stub.PublishSessions(request, metadata=desk)
     assert one == two and one.reserved_places == 6
+
+
+async def test_a_room_id_another_hospital_has_is_refused(stack, app, stub, hospital):
+    """Rooms belong to a hospital through their ward: another hospital's upsert must not
+    move one into its own ward (ON CONFLICT would)."""
+    other = f"{hospital}X"
+
+    def ward(owner: str, bed: str) -> pb.UpsertBedsRequest:
+        return pb.UpsertBedsRequest(hospital_id=owner, wards=[pb.Ward(
+            ward_id=f"{owner}-W1", department="cardiology", rooms=[pb.WardRoom(
+                room_id=f"{hospital}-R301", capacity=2, gender_policy=pb.GENDER_POLICY_ANY,
+                beds=[pb.BedSpec(bed_id=bed)])])])
+
+    await stub.UpsertBeds(ward(hospital, f"{hospital}-B1"), metadata=stack.metadata(hospital, Role.BED_MANAGER))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.UpsertBeds(ward(other, f"{other}-B1"), metadata=stack.metadata(other, Role.BED_MANAGER))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _violations(err.value) == {"wards[0].rooms[0].room_id"} and "该编号已被其他医院使用" in err.value.details()
+    async with app.ctx.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT ward_id FROM rooms WHERE room_id = $1", f"{hospital}-R301") == \
+            f"{hospital}-W1"
+        assert await conn.fetchval("SELECT count(*) FROM wards WHERE hospital_id = $1", other) == 0
