@@ -238,12 +238,19 @@ async def insert_catalogue(conn: asyncpg.Connection, consortium_id: str, descrip
 # --- episodes and chronic care -------------------------------------------------------------
 
 
-async def find_episode(conn: asyncpg.Connection, consortium_id: str, patient_id: str, category: str,
-                       since: datetime) -> asyncpg.Record | None:
+async def open_episode(conn: asyncpg.Connection, consortium_id: str, patient_id: str, category: str, *,
+                       for_update: bool = False) -> asyncpg.Record | None:
+    """The patient's one open episode of the category (a unique index), lapsed or not
+    (`rules.episode_continues`)."""
     return await conn.fetchrow(
-        "SELECT episode_id, deductible_paid_fen FROM episodes WHERE consortium_id = $1 AND patient_id = $2 "
-        "AND icd_category = $3 AND last_activity_at >= $4 ORDER BY last_activity_at DESC LIMIT 1",
-        consortium_id, patient_id, category, since)
+        "SELECT episode_id, deductible_paid_fen, last_activity_at FROM episodes WHERE consortium_id = $1 "
+        "AND patient_id = $2 AND icd_category = $3 AND closed_at IS NULL" + (" FOR UPDATE" if for_update else ""),
+        consortium_id, patient_id, category)
+
+
+async def close_episode(conn: asyncpg.Connection, episode_id: str, now: datetime) -> None:
+    await conn.execute("UPDATE episodes SET closed_at = $2 WHERE episode_id = $1 AND closed_at IS NULL",
+                       episode_id, now)
 
 
 async def get_episode(conn: asyncpg.Connection, episode_id: str) -> asyncpg.Record | None:
@@ -291,8 +298,9 @@ class CreateContext:
     settings: ConsortiumSettings | None
     catalogue_version: int
     catalogue_stamp: datetime | None  # created_at of that version: part of the cache key
-    episode_id: str | None           # the patient's open episode of this category
+    episode_id: str | None           # the patient's open episode of this category, lapsed or not
     episode_paid_fen: int            # its total when read (insert_new checks it is unchanged)
+    episode_last_activity_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -302,7 +310,7 @@ class ContextQuery:
     receiving_institution_id: str
     patient_id: str
     icd_category: str
-    find_episode_since: datetime | None  # None: the create names its episode
+    find_episode: bool  # False: the create names its episode
 
 
 # One row per create asked about, in the order asked; any number of creates, of any consortium.
@@ -313,16 +321,15 @@ SELECT (SELECT referral_id FROM referrals WHERE sending_institution_id = q.sende
        (SELECT r FROM institutions r WHERE r.institution_id = q.receiver) AS receiver,
        (SELECT c FROM consortiums c WHERE c.consortium_id = s.consortium_id) AS consortium,
        coalesce(cat.version, 0) AS catalogue_version, cat.created_at AS catalogue_stamp,
-       ep.episode_id, coalesce(ep.deductible_paid_fen, 0) AS episode_paid
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::timestamptz[])
-    WITH ORDINALITY AS q(sender, request_id, receiver, patient_id, category, find, since, n)
+       ep.episode_id, coalesce(ep.deductible_paid_fen, 0) AS episode_paid, ep.last_activity_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
+    WITH ORDINALITY AS q(sender, request_id, receiver, patient_id, category, find, n)
 LEFT JOIN institutions s ON s.institution_id = q.sender
 LEFT JOIN LATERAL (SELECT version, created_at FROM disease_catalogues WHERE consortium_id = s.consortium_id
                    ORDER BY version DESC LIMIT 1) cat ON true
-LEFT JOIN LATERAL (SELECT episode_id, deductible_paid_fen FROM episodes
+LEFT JOIN LATERAL (SELECT episode_id, deductible_paid_fen, last_activity_at FROM episodes
                    WHERE q.find AND consortium_id = s.consortium_id AND patient_id = q.patient_id
-                     AND icd_category = q.category AND last_activity_at >= q.since
-                   ORDER BY last_activity_at DESC LIMIT 1 {lock}) ep ON true
+                     AND icd_category = q.category AND closed_at IS NULL {lock}) ep ON true
 ORDER BY q.n
 """
 
@@ -333,16 +340,14 @@ _CREATE_CONTEXT_LOCKED = _CREATE_CONTEXT.format(lock="FOR UPDATE")
 async def create_context(conn: asyncpg.Connection, queries: list[ContextQuery], *,
                          lock_episode: bool = False) -> list[CreateContext]:
     """Per create: the idempotency check, both members, the consortium's settings, its
-    catalogue version and (when `find_episode_since` is set) the patient's open episode, as
-    `find_episode` finds it; `lock_episode` locks those rows (FOR UPDATE) for the rest of
-    the caller's transaction."""
-    epoch = datetime(1970, 1, 1).astimezone()
+    catalogue version and (when `find_episode`) the patient's open episode, as `open_episode`
+    finds it; `lock_episode` locks those rows (FOR UPDATE) for the rest of the caller's
+    transaction."""
     rows = await conn.fetch(
         _CREATE_CONTEXT_LOCKED if lock_episode else _CREATE_CONTEXT_PLAIN,
         [q.sending_institution_id for q in queries], [q.request_id for q in queries],
         [q.receiving_institution_id for q in queries], [q.patient_id for q in queries],
-        [q.icd_category for q in queries], [q.find_episode_since is not None for q in queries],
-        [q.find_episode_since or epoch for q in queries])
+        [q.icd_category for q in queries], [q.find_episode for q in queries])
     out = []
     for row in rows:
         sender, receiver, consortium = row["sender"], row["receiver"], row["consortium"]
@@ -352,7 +357,8 @@ async def create_context(conn: asyncpg.Connection, queries: list[ContextQuery], 
             receiver=_institution(receiver) if receiver is not None else None,
             settings=_consortium(consortium) if consortium is not None else None,
             catalogue_version=row["catalogue_version"], catalogue_stamp=row["catalogue_stamp"],
-            episode_id=row["episode_id"], episode_paid_fen=row["episode_paid"]))
+            episode_id=row["episode_id"], episode_paid_fen=row["episode_paid"],
+            episode_last_activity_at=row["last_activity_at"]))
     return out
 
 
@@ -382,8 +388,8 @@ class CatalogueCache:
 
 
 class EpisodeMoved(Exception):
-    """An episode's total changed between `create_context` and `insert_new`: nothing was
-    written; read again and retry."""
+    """An episode's total changed between `create_context` and `insert_new`, or the episode
+    a create would open was opened by another: nothing was written; read again and retry."""
 
 
 @dataclass
@@ -392,7 +398,8 @@ class NewReferral:
     referral: Referral
     episode_category: str
     add_fen: int
-    episode_paid_before: int         # the total `create_context` read; the write checks it
+    episode_paid_before: int | None  # the total `create_context` read (the write checks it); None: opens it
+    closes_episode: str              # the lapsed open episode the one it opens replaces, or ""
     now: datetime
     outbox_rows: list[tuple]         # services.common.outbox.row values
     audit_row: tuple                 # services.common.audit.values
@@ -403,7 +410,9 @@ class NewReferral:
 # a create holds the unique entry of its request id while it waits for the episode row,
 # and a concurrent create of the same episode, holding that row, may be inserting the same
 # request id (a client's retry), which is a deadlock. Transitions never take it: they lock
-# what they change and then the consortium row, as a create does after this lock.
+# what they change and then the consortium row, as a create does after this lock. Every
+# write that may open an episode holds it (a chronic-care proposal too), so a create
+# retried under it sees the patient's open episode as it will be at its commit.
 _CREATES_LOCK = 0x5265_6643  # the advisory lock's first key, "ReFC": referral creates
 
 
@@ -435,44 +444,56 @@ def _arrays(start: int, types: tuple[str, ...]) -> str:
 
 
 _N = len(_REFERRAL_ARRAYS)
+_EPISODE_ARRAYS = ("text", "bigint", "bigint", "text", "timestamptz", "bytea")
+_T = 2 + _N + len(_EPISODE_ARRAYS)   # the first parameter of the transitions' arrays
 _INSERT_NEW = f"""
 WITH gate AS (SELECT {_take_creates_lock('$1')} IS NULL AS taken),
 v AS (
-    SELECT * FROM unnest({_arrays(2, _REFERRAL_ARRAYS)},
-                         {_arrays(2 + _N, ("text", "bigint", "bigint", "timestamptz", "bytea"))})
-    WITH ORDINALITY AS v({', '.join(_V_COLUMNS)}, icd_category, add_fen, paid_before, now, change, n)
+    SELECT * FROM unnest({_arrays(2, _REFERRAL_ARRAYS)}, {_arrays(2 + _N, _EPISODE_ARRAYS)})
+    WITH ORDINALITY AS v({', '.join(_V_COLUMNS)}, icd_category, add_fen, paid_before, closes, now, change, n)
     WHERE EXISTS (SELECT FROM gate)),
 ins AS (
     INSERT INTO referrals ({', '.join(_COLUMNS)})
     SELECT referral_id, $1::text, {', '.join(_V_COLUMNS[1:-1])}, 1, body::jsonb FROM v ORDER BY n
     ON CONFLICT (sending_institution_id, request_id) DO NOTHING RETURNING referral_id),
-ep AS (
+closed AS (
+    UPDATE episodes e SET closed_at = v.now FROM v JOIN ins USING (referral_id)
+    WHERE e.episode_id = v.closes AND e.closed_at IS NULL
+    RETURNING e.episode_id),
+-- A patient has one open episode per category (unique index episodes_open). A create whose
+-- episode another opened after its read, or the second of two creates in the batch opening
+-- one, inserts nothing here, and the count below sends it to retry. Runs after `closed`
+-- (its count makes that run to the end first), so a lapsed episode is out of the way.
+opened AS (
     INSERT INTO episodes (episode_id, consortium_id, patient_id, icd_category, deductible_paid_fen, created_at,
                           last_activity_at)
-    SELECT v.episode_id, $1::text, v.patient_id, v.icd_category, v.add_fen, v.now, v.now FROM v JOIN ins USING (referral_id)
-    ON CONFLICT (episode_id) DO UPDATE SET deductible_paid_fen = episodes.deductible_paid_fen
-                                                                 + EXCLUDED.deductible_paid_fen,
-                                           last_activity_at = EXCLUDED.last_activity_at
-        -- Two creates of one episode in a batch make this subquery fail: the batch is then
-        -- written one create at a time.
-        WHERE episodes.deductible_paid_fen = (SELECT paid_before FROM v WHERE v.episode_id = episodes.episode_id)
+    SELECT v.episode_id, $1::text, v.patient_id, v.icd_category, v.add_fen, v.now, v.now
+    FROM v JOIN ins USING (referral_id) WHERE v.paid_before IS NULL AND (SELECT count(*) FROM closed) >= 0
+    ON CONFLICT (consortium_id, patient_id, icd_category) WHERE closed_at IS NULL DO NOTHING
     RETURNING episode_id),
+-- Only from the total the create read; two creates of one episode in the batch update it
+-- once, and the count below sends them to be written one at a time.
+joined AS (
+    UPDATE episodes e SET deductible_paid_fen = e.deductible_paid_fen + v.add_fen, last_activity_at = v.now
+    FROM v JOIN ins USING (referral_id)
+    WHERE e.episode_id = v.episode_id AND e.deductible_paid_fen = v.paid_before
+    RETURNING e.episode_id),
 tr AS (
     INSERT INTO referral_transitions (referral_id, from_state, to_state, actor, actor_institution_id, reason, at)
     SELECT t.referral_id, t.f, t.t, t.a, t.ai, t.r, t.at
-    FROM unnest({_arrays(2 + _N + 5, ("text", "smallint", "smallint", "text", "text", "text", "timestamptz"))})
+    FROM unnest({_arrays(_T, ("text", "smallint", "smallint", "text", "text", "text", "timestamptz"))})
         WITH ORDINALITY AS t(referral_id, f, t, a, ai, r, at, n)
     JOIN ins USING (referral_id) ORDER BY t.n),
 ob AS (
     INSERT INTO outbox (event_id, subject, event_type, aggregate_id, payload)
     SELECT o.id, o.s, o.et, o.referral_id, o.p
-    FROM unnest({_arrays(2 + _N + 12, ("text", "uuid", "text", "text", "bytea"))})
+    FROM unnest({_arrays(_T + 7, ("text", "uuid", "text", "text", "bytea"))})
         WITH ORDINALITY AS o(referral_id, id, s, et, p, n)
     JOIN ins USING (referral_id) ORDER BY o.n),
 au AS (
     INSERT INTO audit_log (subject, institution_id, role, action, resource, patient_id, request_id)
     SELECT a.subject, a.institution_id, a.role, a.action, a.resource, a.patient_id, a.request_id
-    FROM unnest({_arrays(2 + _N + 17, ("text",) * 8)})
+    FROM unnest({_arrays(_T + 12, ("text",) * 8)})
         WITH ORDINALITY AS a(referral_id, subject, institution_id, role, action, resource, patient_id, request_id, n)
     JOIN ins USING (referral_id) ORDER BY a.n),
 cnt AS (SELECT count(*) AS k FROM ins),
@@ -486,8 +507,8 @@ ch AS (
            v.receiving_institution_id, v.change
     FROM v JOIN ins USING (referral_id) CROSS JOIN seq CROSS JOIN cnt)
 SELECT coalesce((SELECT array_agg(referral_id) FROM ins), '{{}}') AS inserted,
-       CASE WHEN (SELECT count(*) FROM ep) <> (SELECT k FROM cnt)
-            THEN referral_retry('episode total changed: retry the create') END AS retry
+       CASE WHEN (SELECT count(*) FROM opened) + (SELECT count(*) FROM joined) <> (SELECT k FROM cnt)
+            THEN referral_retry('episode total changed or opened: retry the create') END AS retry
 """
 
 
@@ -496,8 +517,9 @@ async def insert_new(conn: asyncpg.Connection, consortium_id: str, writes: list[
     when run outside one): the referrals, the episode totals, the transitions, the events,
     the audit rows, the change-log rows. Per create: False (nothing written for it) when its
     institution already used its request id. EpisodeMoved (nothing written at all) when an
-    episode's total is no longer the `episode_paid_before` of its create."""
-    columns: list[list] = [[] for _ in range(_N + 5)]
+    episode's total is no longer the `episode_paid_before` of its create, or the episode it
+    would open is open already."""
+    columns: list[list] = [[] for _ in range(_N + len(_EPISODE_ARRAYS))]
     transitions: list[list] = [[] for _ in range(7)]
     events: list[list] = [[] for _ in range(5)]
     audits: list[list] = [[] for _ in range(8)]
@@ -507,8 +529,8 @@ async def insert_new(conn: asyncpg.Connection, consortium_id: str, writes: list[
         r.version = 1
         values = _row_values(r)
         del values[18], values[1]   # version (always 1) and consortium (one per statement)
-        for column, value in zip(columns, (*values, w.episode_category, w.add_fen, w.episode_paid_before, w.now,
-                                           w.change)):
+        for column, value in zip(columns, (*values, w.episode_category, w.add_fen, w.episode_paid_before,
+                                           w.closes_episode, w.now, w.change), strict=True):
             column.append(value)
         for t in r.history:
             for column, value in zip(transitions, (r.id, int(t.from_state) if t.from_state else None,

@@ -317,14 +317,15 @@ class Referral:
 
     def rebook(self, actor: Actor, now: datetime, reason: str) -> list[Event]:
         """After a no-show the receiving side books the patient again: back to accepted, so
-        the scheduling service places it afresh (a new ReferralAccepted)."""
+        the scheduling service places it afresh (a new ReferralAccepted). accepted_at and
+        scheduled_at stay the first ones: the office's time-to-accept and time-to-schedule
+        measure the hospital, not the patient's missed visit; the scheduling SLA counts from
+        the rebook (the transition), see ReferralService.check_sla."""
         self._require_reason(reason, "rebook")
         event = self._move("rebook", actor, now, reason)
         self.booking_id = ""
         self.scheduled_items = []
         self.waitlist_reason = ""
-        self.accepted_at = now
-        self.scheduled_at = None
         return [event]
 
     def edit(self, actor: Actor, now: datetime) -> None:

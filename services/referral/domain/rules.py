@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from services.referral.domain.model import Direction, Level, Need, PriorResult, Purpose
 
@@ -119,6 +119,15 @@ def billing_terms(direction: Direction, purpose: Purpose, needs: list[Need]) -> 
     return BillingTerms(
         deductible_carried=direction is Direction.UP and inpatient,
         deductible_waived=direction is Direction.DOWN and purpose is Purpose.REHABILITATION)
+
+
+# A patient's referrals of one ICD-10 category are one episode (the deductible paid counts
+# on the next one) while no 180 days pass without a referral of it.
+EPISODE_WINDOW = timedelta(days=180)
+
+
+def episode_continues(last_activity_at: datetime, now: datetime) -> bool:
+    return last_activity_at >= now - EPISODE_WINDOW
 
 
 # --- three-colour chronic care (三色标管理) -------------------------------------------------

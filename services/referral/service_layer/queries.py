@@ -10,7 +10,7 @@ from services.common.errors import NotFound, Violations
 from services.referral.adapters import mapping, repository as repo
 from services.referral.domain import rules
 from services.referral.domain.model import Direction, Purpose
-from services.referral.service_layer.services import EPISODE_WINDOW, ReferralService
+from services.referral.service_layer.services import ReferralService
 
 CHINA = timezone(timedelta(hours=8))
 
@@ -35,7 +35,9 @@ async def check_rules(svc: ReferralService, caller: Caller, *, id_number: str, c
         episode = None
         if id_number:
             patient_id = svc.pii.lookup_hash(id_number)
-            episode = await repo.find_episode(conn, scope.consortium_id, patient_id, code[:3], now - EPISODE_WINDOW)
+            episode = await repo.open_episode(conn, scope.consortium_id, patient_id, code[:3])
+            if episode is not None and not rules.episode_continues(episode["last_activity_at"], now):
+                episode = None  # the next referral opens a new one
             # The dry run reads the patient's billing episode: that is a read of patient data.
             await audit.record(conn, caller, "CheckReferralRules", f"episodes/{code[:3]}", patient_id)
     assert settings is not None
@@ -57,20 +59,25 @@ async def check_rules(svc: ReferralService, caller: Caller, *, id_number: str, c
         catalogue_version=catalogue.version)
 
 
+# Returns and no-shows are read from the history: a rebook after a no-show (or a
+# resubmission after a return) moves the state on, but the patient still missed the visit.
+# accepted_at and scheduled_at are the first acceptance and booking (Referral.rebook).
 _STATS_SQL = """
 WITH r AS (
-    SELECT * FROM referrals
-    WHERE consortium_id = $1 AND submitted_at >= $2 AND submitted_at < $3
+    SELECT r.*, h.returned, h.no_show, h.visit FROM referrals r
+    CROSS JOIN LATERAL (SELECT bool_or(t.to_state = 3) AS returned, bool_or(t.to_state = 11) AS no_show,
+                               bool_or(t.to_state IN (8, 11)) AS visit
+                        FROM referral_transitions t WHERE t.referral_id = r.referral_id) h
+    WHERE r.consortium_id = $1 AND r.submitted_at >= $2 AND r.submitted_at < $3
 )
 SELECT
     count(*) FILTER (WHERE direction = 1) AS up_count,
     count(*) FILTER (WHERE direction = 2) AS down_count,
     count(*) AS total,
     count(*) FILTER (WHERE state = 5) AS rejected,
-    count(*) FILTER (WHERE EXISTS (SELECT 1 FROM referral_transitions t
-                                   WHERE t.referral_id = r.referral_id AND t.to_state = 3)) AS returned,
-    count(*) FILTER (WHERE state = 11) AS no_show,
-    count(*) FILTER (WHERE state IN (8, 9, 11)) AS visits,
+    count(*) FILTER (WHERE returned) AS returned,
+    count(*) FILTER (WHERE no_show) AS no_show,
+    count(*) FILTER (WHERE visit) AS visits,
     count(accepted_at) AS accepted_n,
     percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM accepted_at - submitted_at))
         FILTER (WHERE accepted_at IS NOT NULL) AS accept_p50,

@@ -27,7 +27,6 @@ from services.referral.service_layer import commands, retention
 
 log = get_logger(__name__)
 
-EPISODE_WINDOW = timedelta(days=180)
 WRITE_ROLES = (Role.CLINIC_DOCTOR, Role.REFERRAL_DESK)
 READ_ROLES = (Role.CLINIC_DOCTOR, Role.REFERRAL_DESK, Role.BED_MANAGER, Role.CONSORTIUM_OFFICE, Role.SERVICE)
 
@@ -267,8 +266,7 @@ class ReferralService:
         now = self.clock()
         patient = self._patient(cmd.patient, now.date())
         query = repo.ContextQuery(caller.institution_id, cmd.request_id, cmd.receiving_institution_id,
-                                  patient.patient_id, cmd.diagnosis_code[:3],
-                                  None if cmd.episode_id else now - EPISODE_WINDOW)
+                                  patient.patient_id, cmd.diagnosis_code[:3], find_episode=not cmd.episode_id)
         if locked is None:
             ctx = await self._reads.submit(None, query)
         else:
@@ -287,22 +285,25 @@ class ReferralService:
         catalogue = await self._catalogues.get(self._connection(locked), sender.consortium_id,
                                                ctx.catalogue_version, ctx.catalogue_stamp)
         verdict = self._verdict(cmd, sender, receiver, catalogue, violations)
+        closes = ""
+        paid: int | None
         if cmd.episode_id:
             async with self._connection(locked) as conn:
                 row = await repo.get_episode(conn, cmd.episode_id)
             if row is None or row["patient_id"] != patient.patient_id or row["consortium_id"] != sender.consortium_id:
                 violations.add("episode_id", "就诊周期不存在或不属于该患者")
             episode_id, paid = cmd.episode_id, (row["deductible_paid_fen"] if row is not None else 0)
-        elif ctx.episode_id is not None:
+        elif ctx.episode_id is not None and rules.episode_continues(ctx.episode_last_activity_at, now):
             episode_id, paid = ctx.episode_id, ctx.episode_paid_fen
         else:
-            episode_id, paid = uuid.uuid4().hex, 0
+            # The write opens the episode (None: nothing paid before it), closing a lapsed one.
+            episode_id, paid, closes = uuid.uuid4().hex, None, ctx.episode_id or ""
         violations.raise_if_any()
         referral, events = self._build_new(caller, cmd, sender, receiver, ctx.settings, verdict, patient,
                                            episode_id, now)
         assert referral.billing is not None
         # insert_new writes only if the episode total is still `paid`, so this is its new total.
-        referral.billing.deductible_paid_fen = paid + cmd.deductible_paid_fen
+        referral.billing.deductible_paid_fen = (paid or 0) + cmd.deductible_paid_fen
         referral.version = 1
         today = self.clock().date()
         outbox_rows = [outbox.row(mapping.event_proto(event, referral, self.pii, today), aggregate_id=referral.id,
@@ -316,7 +317,8 @@ class ReferralService:
         referral._response_view = (today, referral.version, view)  # type: ignore[attr-defined]
         return repo.NewReferral(
             referral, episode_category=cmd.diagnosis_code[:3], add_fen=cmd.deductible_paid_fen,
-            episode_paid_before=paid, now=now, outbox_rows=outbox_rows, change=change.SerializeToString(),
+            episode_paid_before=paid, closes_episode=closes, now=now, outbox_rows=outbox_rows,
+            change=change.SerializeToString(),
             audit_row=audit.values(caller, "CreateReferral", mapping.referral_name(referral.id),
                                    referral.patient.patient_id))
 
@@ -411,8 +413,15 @@ class ReferralService:
             if row is None or row["patient_id"] != patient_id or row["consortium_id"] != consortium_id:
                 violations.add("episode_id", "就诊周期不存在或不属于该患者")
             return requested
-        row = await repo.find_episode(conn, consortium_id, patient_id, code[:3], now - EPISODE_WINDOW)
-        return row["episode_id"] if row else uuid.uuid4().hex
+        # Under the creates lock, as every write that may open an episode, so that the open
+        # episode read here stays the open one (the unique index) until this transaction commits.
+        await repo.lock_creates(conn, consortium_id)
+        row = await repo.open_episode(conn, consortium_id, patient_id, code[:3], for_update=True)
+        if row is not None and rules.episode_continues(row["last_activity_at"], now):
+            return row["episode_id"]
+        if row is not None:
+            await repo.close_episode(conn, row["episode_id"], now)
+        return uuid.uuid4().hex
 
     async def _add_to_episode(self, conn, referral: Referral, add_fen: int) -> None:
         """Before the referral is written: a duplicate create rolls this back with it."""
@@ -580,14 +589,12 @@ class ReferralService:
         async with self.pool.acquire() as conn:
             consortiums = await repo.all_consortiums(conn)
         for settings in consortiums:
-            # Only up-referrals wait for scheduling: a down-referral has no hospital booking
-            # and stays accepted until the clinic records the visit.
-            for stage, state_sql, since_col in (("acceptance", "state = 2", "submitted_at"),
-                                                ("scheduling", "state IN (4, 6) AND direction = 1", "accepted_at")):
+            for stage, state_sql, since_sql in (("acceptance", "state = 2", _SUBMITTED),
+                                                ("scheduling", "state IN (4, 6) AND direction = 1", _WAITING)):
                 async with self.pool.acquire() as conn, conn.transaction():
                     rows = await conn.fetch(
-                        f"SELECT r.referral_id, r.{since_col} AS since, r.urgency FROM referrals r "
-                        f"WHERE r.consortium_id = $1 AND {state_sql} AND r.{since_col} < $2::timestamptz - make_interval("
+                        f"SELECT r.referral_id, w.since, r.urgency FROM referrals r CROSS JOIN LATERAL ({since_sql}) w "
+                        f"WHERE r.consortium_id = $1 AND {state_sql} AND w.since < $2::timestamptz - make_interval("
                         "hours => CASE r.urgency WHEN 1 THEN $3::int WHEN 2 THEN $4::int ELSE $5::int END) "
                         "AND NOT EXISTS (SELECT 1 FROM sla_breaches b WHERE b.referral_id = r.referral_id "
                         "AND b.stage = $6) ORDER BY r.referral_id LIMIT 500 FOR UPDATE OF r SKIP LOCKED",
@@ -665,6 +672,15 @@ class ReferralService:
             current = await repo.get_institution(conn, parent_id) if parent_id != current.institution_id else None
         return current if current is not None and current.level == level else None
 
+
+# Since when a referral of an SLA stage has been waiting (the lateral `w`, for the row `r`).
+_SUBMITTED = "SELECT r.submitted_at AS since"
+# Only up-referrals wait for scheduling: a down-referral has no hospital booking and stays
+# accepted until the clinic records the visit. They wait from the last time they began to:
+# the acceptance, a rebook after a no-show, a cancelled booking (back to accepted) or a
+# booked referral waitlisted; not from accepted_at, which stays the first acceptance.
+_WAITING = ("SELECT max(t.at) AS since FROM referral_transitions t WHERE t.referral_id = r.referral_id "
+            "AND t.to_state IN (4, 6) AND t.from_state NOT IN (4, 6)")
 
 _COLOUR_ZH = {rules.Colour.GREEN: "绿标（村级管理）", rules.Colour.YELLOW: "黄标（乡镇管理）",
               rules.Colour.RED: "红标（医院管理）"}

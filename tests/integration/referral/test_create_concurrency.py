@@ -136,3 +136,122 @@ async def test_creates_wait_for_the_consortiums_creates_lock_before_writing(worl
         assert await blocked() and not call.done()
     made = await call  # and once the lock is released, the create goes through
     assert made.name.startswith("referrals/")
+
+
+def _first_of_episode(world, n: int, fen: int) -> list:
+    """`n` create requests for one patient never referred before, in category E11."""
+    first = world.request(code="E11", justification="血糖控制不佳，需上级医院调整方案")
+    requests = []
+    for _ in range(n):
+        r = world.request(code="E11", justification=first.referral.justification)
+        r.patient.CopyFrom(first.patient)
+        r.deductible_paid_fen = fen
+        requests.append(r)
+    return requests
+
+
+async def _episodes_of(pool, referral) -> list:
+    """The E11 episodes of `referral`'s patient (an API or a domain referral), oldest first."""
+    return await pool.fetch("SELECT * FROM episodes WHERE patient_id = $1 AND icd_category = 'E11' "
+                            "ORDER BY created_at", referral.patient.patient_id)
+
+
+async def _creates_lock_waiters(pool) -> int:
+    return await pool.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                               "AND classid = $1::bigint::oid", repo._CREATES_LOCK)
+
+
+async def _until(condition, what: str) -> None:
+    for _ in range(200):
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_concurrent_first_referrals_of_a_patient_share_one_new_episode(world, referral_app):
+    """Two first referrals of one patient and category, started together (one batch), each
+    paying 50,000 fen: one episode of 100,000, not two of 50,000 (the patient would pay the
+    deductible again on the next referral)."""
+    pool = referral_app.ctx.pool
+    clinic = world.clinics[0]
+    made = await asyncio.gather(*(world.stub.CreateReferral(r, metadata=world.md(clinic))
+                                  for r in _first_of_episode(world, 2, 50_000)))
+    [episode] = await _episodes_of(pool, made[0])
+    assert {m.billing.episode_id for m in made} == {episode["episode_id"]}
+    assert episode["deductible_paid_fen"] == 100_000
+    assert sorted(m.billing.deductible_paid_fen for m in made) == [50_000, 100_000]
+
+
+async def test_first_referrals_that_both_read_no_episode_converge_on_one(world, referral_app):
+    """Two creates in different batches (two service instances) that both read "no episode"
+    before either writes: the second write finds the first's episode (the open-episode
+    unique index) and retries under the episode lock instead of opening another."""
+    from services.common.auth import Caller, Role
+    from services.referral.adapters import requests as parse
+    from services.referral.service_layer.services import ReferralService
+
+    ctx = referral_app.ctx
+    pool = ctx.pool
+    caller = Caller("dr-race", world.clinics[0], Role.CLINIC_DOCTOR)
+    services = [ReferralService(pool, ctx.pii), ReferralService(pool, ctx.pii)]
+    requests = _first_of_episode(world, 2, 50_000)
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.lock_creates(conn, world.consortium)
+        calls = [asyncio.ensure_future(svc.create(caller, parse.create_referral(r, caller.subject, svc.clock())))
+                 for svc, r in zip(services, requests)]
+
+        async def both_read_and_wait() -> bool:
+            return await _creates_lock_waiters(pool) == 2
+        await _until(both_read_and_wait, "both creates to wait for the creates lock")
+    made = await asyncio.gather(*calls)
+    [episode] = await _episodes_of(pool, made[0])
+    assert {m.billing.episode_id for m in made} == {episode["episode_id"]}
+    assert episode["deductible_paid_fen"] == 100_000
+    assert sorted(m.billing.deductible_paid_fen for m in made) == [50_000, 100_000]
+
+
+async def test_a_lapsed_episode_is_closed_by_the_referral_that_opens_the_next(world, referral_app):
+    pool = referral_app.ctx.pool
+    clinic = world.clinics[0]
+    first, *later = _first_of_episode(world, 3, 50_000)
+    old = await world.stub.CreateReferral(first, metadata=world.md(clinic))
+    # 200 days without a referral: past the 180-day episode window.
+    await pool.execute("UPDATE episodes SET last_activity_at = now() - interval '200 days' WHERE episode_id = $1",
+                       old.billing.episode_id)
+    made = await asyncio.gather(*(world.stub.CreateReferral(r, metadata=world.md(clinic)) for r in later))
+    closed, current = await _episodes_of(pool, old)
+    assert closed["episode_id"] == old.billing.episode_id and closed["closed_at"] is not None
+    assert current["closed_at"] is None and current["deductible_paid_fen"] == 100_000
+    assert {m.billing.episode_id for m in made} == {current["episode_id"]}
+
+
+async def test_a_chronic_care_proposal_and_a_create_share_the_new_episode(world, referral_app):
+    """A colour change proposes a draft referral in the patient's episode of the condition;
+    started while a create of the same new patient and category is writing, it must not
+    open a second episode."""
+    pool = referral_app.ctx.pool
+    [request] = _first_of_episode(world, 1, 50_000)
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.lock_creates(conn, world.consortium)
+        create = asyncio.ensure_future(world.stub.CreateReferral(request, metadata=world.md(world.clinics[0])))
+
+        async def create_waits() -> bool:
+            return await _creates_lock_waiters(pool) == 1
+        await _until(create_waits, "the create to wait for the creates lock")
+        # Village, green to yellow: a draft up-referral to the township centre.
+        await world.stub.UpdateChronicCareStatus(api.UpdateChronicCareStatusRequest(
+            patient=request.patient, condition_code="E11", colour=1), metadata=world.md(world.village))
+        chronic = asyncio.ensure_future(world.stub.UpdateChronicCareStatus(api.UpdateChronicCareStatusRequest(
+            patient=request.patient, condition_code="E11", colour=2, reason="血糖控制不佳"),
+            metadata=world.md(world.village)))
+
+        async def chronic_done_or_waits() -> bool:
+            return chronic.done() or await _creates_lock_waiters(pool) == 2
+        await _until(chronic_done_or_waits, "the chronic-care update to finish or wait")
+    made, status = await create, await chronic
+    proposed = await world.stub.GetReferral(api.GetReferralRequest(name=status.proposed_referral),
+                                            metadata=world.md(world.village))
+    [episode] = await _episodes_of(pool, made)
+    assert made.billing.episode_id == proposed.billing.episode_id == episode["episode_id"]
+    assert episode["deductible_paid_fen"] == 50_000

@@ -83,9 +83,9 @@ async def test_a_down_referral_accepted_long_ago_is_no_scheduling_breach(world, 
     await world.call("AcceptReferral", hospital, up.name)
     ids = [r.name.split("/")[1] for r in (down, up)]
     pool = referral_app.ctx.pool
-    # Both far past the routine scheduling target (168 h).
-    await pool.execute("UPDATE referrals SET accepted_at = now() - interval '30 days' "
-                       "WHERE referral_id = ANY($1::text[])", ids)
+    # Both far past the routine scheduling target (168 h) since their acceptance.
+    await pool.execute("UPDATE referral_transitions SET at = now() - interval '30 days' "
+                       "WHERE referral_id = ANY($1::text[]) AND to_state = 4", ids)
     await ReferralService(pool, referral_app.ctx.pii, clock=lambda: datetime.now(timezone.utc)).check_sla()
     rows = await pool.fetch("SELECT referral_id, stage FROM sla_breaches WHERE referral_id = ANY($1::text[])", ids)
     assert [(r["referral_id"], r["stage"]) for r in rows] == [(ids[1], "scheduling")]

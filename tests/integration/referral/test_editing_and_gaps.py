@@ -134,8 +134,10 @@ async def test_scheduling_stage_has_its_own_sla_target(world, referral_app):
         await world.call("AcceptReferral", world.hospital, r.name)
     ids = [r.name.split("/")[1] for r in (late, fine)]
     # Accepted 12 h ago: past the 10 h scheduling target, well inside the 72 h acceptance one.
-    await pool.execute("UPDATE referrals SET accepted_at = now() - interval '12 hours' WHERE referral_id = $1", ids[0])
-    await pool.execute("UPDATE referrals SET accepted_at = now() - interval '8 hours' WHERE referral_id = $1", ids[1])
+    # (The wait for a booking starts at the acceptance in the history.)
+    for referral_id, hours in ((ids[0], 12), (ids[1], 8)):
+        await pool.execute("UPDATE referral_transitions SET at = now() - make_interval(hours => $2) "
+                           "WHERE referral_id = $1 AND to_state = 4", referral_id, hours)
     svc = ReferralService(pool, referral_app.ctx.pii, clock=lambda: datetime.now(timezone.utc))
     await svc.check_sla()
     rows = await pool.fetch("SELECT referral_id, stage FROM sla_breaches WHERE referral_id = ANY($1::text[])", ids)

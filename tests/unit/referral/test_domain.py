@@ -217,13 +217,17 @@ def test_colour_change_proposes_a_level(previous, colour, level, move):
 
 def test_rebook_clears_the_old_booking_and_needs_a_reason():
     r = referral(State.NO_SHOW)
-    r.booking_id, r.scheduled_at, r.waitlist_reason = "B1", NOW, "x"
+    first_accepted, first_scheduled = NOW - timedelta(days=8), NOW - timedelta(days=7)
+    r.booking_id, r.waitlist_reason = "B1", "x"
+    r.accepted_at, r.scheduled_at = first_accepted, first_scheduled
     with pytest.raises(InvalidArgument):
         r.rebook(HOSPITAL, NOW, " ")
     later = NOW + timedelta(days=1)
     [event] = r.rebook(HOSPITAL, later, "天气原因")
     assert event.kind == "accepted" and r.state is State.ACCEPTED and r.history[-1].reason == "天气原因"
-    assert (r.booking_id, r.scheduled_items, r.scheduled_at, r.accepted_at) == ("", [], None, later)
+    assert (r.booking_id, r.scheduled_items, r.waitlist_reason) == ("", [], "")
+    # The indicators keep the first acceptance and booking (the rebook is in the history).
+    assert (r.accepted_at, r.scheduled_at, r.history[-1].at) == (first_accepted, first_scheduled, later)
 
 
 @pytest.mark.parametrize("state", list(State))
