@@ -60,6 +60,7 @@ class FakeVendorServer:
         self.rejected: list[tuple[str, str]] = []  # (code, message) in arrival order
         self.request_count = 0
         self._script: deque[_Scripted] = deque()
+        self._late = 0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -69,7 +70,7 @@ class FakeVendorServer:
         raise NotImplementedError
 
     async def start(self) -> FakeVendorServer:
-        app = web.Application(middlewares=[self._count])
+        app = web.Application(middlewares=[self._count, self._late_answers])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -95,11 +96,25 @@ class FakeVendorServer:
         self.request_count += 1
         return await handler(request)
 
+    @web.middleware
+    async def _late_answers(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        taken = len(self.accepted)
+        response = await handler(request)
+        if self._late and len(self.accepted) > taken:
+            self._late -= 1
+            await asyncio.sleep(self.stall_seconds)
+        return response
+
     # -- scripting -------------------------------------------------------------
 
     def fail_next(self, code: str | int, times: int = 1, message: str = "scripted failure") -> None:
         """The next ``times`` otherwise valid requests fail with ``code``."""
         self._script.append(_Scripted(str(code), times, message))
+
+    def answer_late(self, times: int = 1) -> None:
+        """The next ``times`` messages the fake takes are answered only after ``stall_seconds``:
+        the client gives up on a message the vendor did take, and will report by receipt."""
+        self._late += times
 
     def take_scripted(self) -> _Scripted | None:
         if not self._script:

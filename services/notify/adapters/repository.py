@@ -228,6 +228,13 @@ async def insert_notification(conn: asyncpg.Connection, *, event_id: str, recipi
         text, [c.value for c in channel_plan], skip_reason, expires_at)
 
 
+async def record_rendering(conn: asyncpg.Connection, notification_id: uuid.UUID, version: int, text: str) -> None:
+    """The template version and text a notification goes out with, when its template
+    changed after the notification was planned."""
+    await conn.execute("UPDATE notifications SET template_version = $2, text = $3 WHERE id = $1",
+                       notification_id, version, text)
+
+
 async def notification_id_for(conn: asyncpg.Connection, event_id: str, recipient: str, template: str,
                               part: str) -> uuid.UUID | None:
     return await conn.fetchval("SELECT id FROM notifications WHERE event_id=$1 AND recipient=$2 AND template=$3 "
@@ -269,10 +276,11 @@ async def bring_told(conn: asyncpg.Connection, referral_id: str, booking_id: str
 
 
 async def claim_due(conn: asyncpg.Connection, now: datetime, lease: timedelta, limit: int) -> list[asyncpg.Record]:
-    """Due deliveries, and ones whose sender died mid-call (lease over), become SENDING."""
+    """Due deliveries, and ones whose sender died mid-call (lease over), become SENDING under
+    a new `claim`: the writes below apply only under it."""
     return await conn.fetch(
         """UPDATE deliveries d SET status = 'SENDING', lease_until = $2, attempts = d.attempts + 1,
-                                  updated_at = now()
+                                  claim = gen_random_uuid(), updated_at = now()
            WHERE d.id IN (SELECT id FROM deliveries
                           WHERE (status = 'PENDING' AND due_at <= $1) OR (status = 'SENDING' AND lease_until < $1)
                           ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED)
@@ -297,28 +305,35 @@ async def sms_sends_since(conn: asyncpg.Connection, mobile_hash: str, since: dat
         mobile_hash, since, exclude)
 
 
-async def reschedule(conn: asyncpg.Connection, delivery_id: uuid.UUID, due_at: datetime, *, reason: str,
-                     vendor_code: str | None = None, count_attempt: bool = True) -> bool:
+async def still_claimed(conn: asyncpg.Connection, delivery_id: uuid.UUID, claim: uuid.UUID) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM deliveries WHERE id = $1 AND status = 'SENDING' AND claim = $2",
+                                    delivery_id, claim))
+
+
+async def reschedule(conn: asyncpg.Connection, delivery_id: uuid.UUID, claim: uuid.UUID, due_at: datetime, *,
+                     reason: str, vendor_code: str | None = None, count_attempt: bool = True) -> bool:
+    """SENDING under `claim` -> PENDING; False if it is no longer so."""
     result = await conn.execute(
         """UPDATE deliveries SET status = 'PENDING', due_at = $2, lease_until = NULL, status_reason = $3,
                   vendor_code = COALESCE($4, vendor_code),
                   attempts = CASE WHEN $5 THEN attempts ELSE attempts - 1 END, updated_at = now()
-           WHERE id = $1 AND status = 'SENDING'""",
-        delivery_id, due_at, reason, vendor_code, count_attempt)
+           WHERE id = $1 AND status = 'SENDING' AND claim = $6""",
+        delivery_id, due_at, reason, vendor_code, count_attempt, claim)
     return result.endswith(" 1")
 
 
-async def finish(conn: asyncpg.Connection, delivery_id: uuid.UUID, status: DeliveryStatus, *, reason: str = "",
-                 vendor_code: str | None = None, vendor_message_id: str | None = None,
+async def finish(conn: asyncpg.Connection, delivery_id: uuid.UUID, claim: uuid.UUID, status: DeliveryStatus, *,
+                 reason: str = "", vendor_code: str | None = None, vendor_message_id: str | None = None,
                  sent_at: datetime | None = None, mobile_hash: str | None = None) -> bool:
-    """SENDING -> SENT / FAILED / CANCELLED / FELL_BACK; False if someone else already moved it."""
+    """SENDING under `claim` -> SENT / FAILED / CANCELLED / FELL_BACK; False if a receipt, a
+    cancellation or a later claim (this one's lease ran out) already moved it."""
     result = await conn.execute(
         """UPDATE deliveries SET status = $2, status_reason = NULLIF($3, ''),
                   vendor_code = COALESCE($4, vendor_code), vendor_message_id = COALESCE($5, vendor_message_id),
                   sent_at = COALESCE($6, sent_at), mobile_hash = COALESCE($7, mobile_hash),
                   lease_until = NULL, updated_at = now()
-           WHERE id = $1 AND status = 'SENDING'""",
-        delivery_id, status.value, reason, vendor_code, vendor_message_id, sent_at, mobile_hash)
+           WHERE id = $1 AND status = 'SENDING' AND claim = $8""",
+        delivery_id, status.value, reason, vendor_code, vendor_message_id, sent_at, mobile_hash, claim)
     return result.endswith(" 1")
 
 
@@ -348,13 +363,15 @@ async def find_delivery_for_receipt(conn: asyncpg.Connection, vendor: str, vendo
 
 async def apply_receipt(conn: asyncpg.Connection, delivery_id: uuid.UUID, status: DeliveryStatus, code: str,
                         at: datetime) -> bool:
-    """SENT -> DELIVERED | FAILED | FELL_BACK by a receipt; one for anything else changes nothing."""
+    """SENT -> DELIVERED | FAILED | FELL_BACK by a receipt; one for a final delivery changes nothing.
+    A receipt also settles a delivery still SENDING or PENDING again: an attempt whose answer
+    was lost (a read timeout) did reach the vendor, and its retry must not go out."""
     result = await conn.execute(
         """UPDATE deliveries SET status = $2::text,
                   delivered_at = CASE WHEN $2::text = 'DELIVERED' THEN $4::timestamptz END,
                   status_reason = CASE WHEN $2::text = 'DELIVERED' THEN status_reason ELSE 'receipt: ' || $3::text END,
                   updated_at = now()
-           WHERE id = $1 AND status IN ('SENT', 'SENDING')""",
+           WHERE id = $1 AND status IN ('SENT', 'SENDING', 'PENDING')""",
         delivery_id, status.value, code, at)
     return result.endswith(" 1")
 

@@ -1,10 +1,16 @@
 """The durable dispatcher: claims due deliveries, calls the vendor, records the outcome.
 
-Claiming (PENDING -> SENDING with a lease) commits before the vendor call, and the
-outcome is recorded in a second transaction that only moves a delivery still SENDING.
+Claiming (PENDING -> SENDING with a lease and a new claim id) commits before the vendor
+call, and the outcome is recorded in a second transaction that only moves a delivery still
+SENDING under that claim. A send is cut off at `send_timeout`, and starts only while the
+lease has that and the time to record it left, so a live sender finishes inside its lease.
 A sender that dies mid-call leaves a lapsed lease: the row is claimed again and sent
 again with the same correlation id (the delivery id, Aliyun OutId / Tencent
 SessionContext), so a vendor call is at-least-once and a SENT delivery never goes out again.
+A lost answer (a timeout) is ambiguous: a receipt for the attempt settles the delivery
+even while it waits for its retry, and a retry goes out only if none has.
+Every attempt counts, whatever ends it: after `retry.max_attempts` the delivery takes the
+way of a permanent failure (the next channel, else FAILED and the clinic told).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from services.notify.adapters import repository as repo
 from services.notify.adapters.channels import SendOutcome, SendStatus, SmsMessage, WeChatMessage
 from services.notify.domain.model import MOBILE_CONTEXT, SHANGHAI, Channel, DeliveryStatus
 from services.notify.domain.policy import Caps, RetryPolicy, cap_deferral
-from services.notify.domain.templates import render
+from services.notify.domain.templates import Rendered, Template, TemplateError, render
 from services.notify.service_layer.notifications import NotifyConfig, derived_id
 
 log = get_logger(__name__)
@@ -59,13 +65,26 @@ class Channels:
                 await client.aclose()
 
 
+# Kept after a send's timeout, before its lease ends, to record the outcome (a transaction).
+RECORD_MARGIN = timedelta(seconds=10)
+
+
 @dataclass
 class DispatchSettings:
     lease: timedelta = timedelta(seconds=60)
+    # One vendor send with all its HTTP calls (WeChat: token, post, token refresh, post),
+    # however slowly the vendor trickles its answers.
+    send_timeout: timedelta = timedelta(seconds=30)
     batch: int = 50
     poll_seconds: float = 1.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     caps: Caps = field(default_factory=Caps)
+
+    def __post_init__(self) -> None:
+        if self.lease < self.send_timeout + RECORD_MARGIN:
+            raise ValueError(f"the dispatch lease ({self.lease.total_seconds():g} s) must cover a send "
+                             f"({self.send_timeout.total_seconds():g} s) and {RECORD_MARGIN.total_seconds():g} s "
+                             "to record it")
 
 
 class Dispatcher:
@@ -123,30 +142,45 @@ class Dispatcher:
         for delivery, notification in items:
             try:
                 await self._process(delivery, notification)
-            except Exception as exc:  # noqa: BLE001 - the lease brings it back
+            except Exception as exc:  # noqa: BLE001 - an attempt like a vendor's failure, so it cannot loop forever
                 log.warning("delivery failed unexpectedly", delivery_id=str(delivery["id"]), error=repr(exc))
+                await self._record_error(delivery, notification, exc)
+
+    async def _record_error(self, d, n, exc: Exception) -> None:
+        try:
+            await self._record(d, n, SendOutcome(SendStatus.RETRYABLE, "ERROR", detail=repr(exc)[:200]))
+        except Exception as again:  # noqa: BLE001 - the database too: the lease brings it back, and the claim counts
+            log.warning("failed attempt not recorded", delivery_id=str(d["id"]), error=repr(again))
 
     # ----------------------------------------------------------------- one delivery
 
     async def _process(self, d: asyncpg.Record, n: asyncpg.Record) -> None:
         now = self._cfg.clock()
-        delivery_id = d["id"]
         if n["expires_at"] is not None and now >= n["expires_at"]:
-            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason="expired: the appointment has begun")
+            await self._finish(d, DeliveryStatus.CANCELLED, reason="expired: the appointment has begun")
             return
         if n["consent"] is False:
-            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason="consent withdrawn")
+            await self._finish(d, DeliveryStatus.CANCELLED, reason="consent withdrawn")
             return
         if not n["essential"] and n["opt_out_non_essential"]:
-            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason="patient opted out")
+            await self._finish(d, DeliveryStatus.CANCELLED, reason="patient opted out")
+            return
+        if d["attempts"] > self._s.retry.max_attempts:
+            # Each earlier claim lapsed with no outcome recorded (its sender died, every time).
+            await self._record(d, n, SendOutcome(SendStatus.PERMANENT, "NO_OUTCOME",
+                                                 detail=f"{d['attempts'] - 1} attempts ended without an outcome"))
             return
         ignores_quiet = bool(n["urgent_ignores_quiet_hours"]) if n["urgent_ignores_quiet_hours"] is not None else True
         if (not (n["urgent"] and ignores_quiet)) and self._cfg.quiet.contains(now):
-            await self._defer(delivery_id, self._cfg.quiet.next_allowed(now), "quiet hours", n)
+            await self._defer(d, self._cfg.quiet.next_allowed(now), "quiet hours", n)
             return
         channel = Channel(d["channel"])
-        tpl = self._cfg.catalogue.get(n["template"])
-        rendered = render(tpl, json.loads(n["params"]), sms_param_limit=self._channels.sms_param_limit)
+        try:
+            tpl, rendered = await self._render(n)
+        except TemplateError as exc:
+            # The stored values and the catalogue are the same at every attempt: no retry can help.
+            await self._record(d, n, SendOutcome(SendStatus.PERMANENT, "TEMPLATE", detail=str(exc)[:200]))
+            return
         mobile_hash = None
         if channel is Channel.WECHAT:
             client = self._channels.wechat
@@ -156,7 +190,7 @@ class Dispatcher:
                 return
             message = WeChatMessage(openid=n["wechat_openid"], template_id=tpl.wechat.template_id,
                                     data=rendered.wechat_data, page=rendered.wechat_page or None,
-                                    correlation_id=str(delivery_id))
+                                    correlation_id=str(d["id"]))
         else:
             client = self._channels.sms
             mobile = self._mobile(n)
@@ -168,9 +202,40 @@ class Dispatcher:
                 return
             code = tpl.aliyun if self._cfg.sms_vendor == "aliyun" else tpl.tencent
             message = SmsMessage(phone=mobile, template_code=code, params=rendered.sms_params,
-                                 correlation_id=str(delivery_id))
-        outcome = await client.send(message)
-        await self._record(d, n, outcome, mobile_hash=mobile_hash)
+                                 correlation_id=str(d["id"]))
+        outcome = await self._send(d, n, client, message)
+        if outcome is not None:
+            await self._record(d, n, outcome, mobile_hash=mobile_hash)
+
+    async def _render(self, n: asyncpg.Record) -> tuple[Template, Rendered]:
+        """With the catalogue's version of the template, the one the vendors approved (the
+        catalogue keeps no older ones); a message planned under another version is recorded
+        with the version and text it goes out with."""
+        tpl = self._cfg.catalogue.get(n["template"])
+        rendered = render(tpl, json.loads(n["params"]), sms_param_limit=self._channels.sms_param_limit)
+        if tpl.version != n["template_version"]:
+            async with self._pool.acquire() as conn:
+                await repo.record_rendering(conn, n["id"], tpl.version, rendered.text)
+        return tpl, rendered
+
+    async def _send(self, d, n, client, message) -> SendOutcome | None:
+        """The vendor's answer; None when nothing went out (handed back, or no longer this claim's)."""
+        if self._cfg.clock() + self._s.send_timeout + RECORD_MARGIN > d["lease_until"]:
+            # This patient's earlier messages used up the lease: sent now, the send could
+            # outlast it and go out twice.
+            await self._defer(d, self._cfg.clock(), "lease too short for a send", n)
+            return None
+        if d["attempts"] > 1:
+            # An earlier attempt may have reached the vendor with its answer lost: a receipt
+            # for it (matched by the delivery id) may have settled the delivery since the claim.
+            async with self._pool.acquire() as conn:
+                if not await repo.still_claimed(conn, d["id"], d["claim"]):
+                    return None
+        try:
+            async with asyncio.timeout(self._s.send_timeout.total_seconds()):
+                return await client.send(message)
+        except TimeoutError:
+            return SendOutcome(SendStatus.RETRYABLE, "TIMEOUT", detail="no answer within the send timeout")
 
     def _mobile(self, n: asyncpg.Record) -> str | None:
         if not n["mobile_ciphertext"]:
@@ -191,22 +256,22 @@ class Dispatcher:
                              all_recent=[r["sent_at"] for r in rows])
         if later is None:
             return False
-        await self._defer(d["id"], later, "per-number cap", n)
+        await self._defer(d, later, "per-number cap", n)
         return True
 
-    async def _defer(self, delivery_id: uuid.UUID, until: datetime, why: str, n) -> None:
+    async def _defer(self, d, until: datetime, why: str, n) -> None:
         """Not an attempt: the message waits (quiet hours, caps) unless it would be too late."""
         if not (n["urgent"]) and self._cfg.quiet.contains(until):
             until = self._cfg.quiet.next_allowed(until)
         if n["expires_at"] is not None and until >= n["expires_at"]:
-            await self._finish(delivery_id, DeliveryStatus.CANCELLED, reason=f"{why}: would arrive too late")
+            await self._finish(d, DeliveryStatus.CANCELLED, reason=f"{why}: would arrive too late")
             return
         async with self._pool.acquire() as conn:
-            await repo.reschedule(conn, delivery_id, until, reason=why, count_attempt=False)
+            await repo.reschedule(conn, d["id"], d["claim"], until, reason=why, count_attempt=False)
 
-    async def _finish(self, delivery_id: uuid.UUID, status: DeliveryStatus, *, reason: str) -> None:
+    async def _finish(self, d, status: DeliveryStatus, *, reason: str) -> None:
         async with self._pool.acquire() as conn:
-            await repo.finish(conn, delivery_id, status, reason=reason)
+            await repo.finish(conn, d["id"], d["claim"], status, reason=reason)
 
     # ----------------------------------------------------------------- outcomes
 
@@ -216,7 +281,8 @@ class Dispatcher:
         SENDS.labels(d["channel"], d["vendor"], outcome.status.value.lower()).inc()
         async with self._pool.acquire() as conn, conn.transaction():
             if outcome.status is SendStatus.SENT:
-                if await repo.finish(conn, delivery_id, DeliveryStatus.SENT, vendor_code=outcome.vendor_code,
+                if await repo.finish(conn, delivery_id, d["claim"], DeliveryStatus.SENT,
+                                     vendor_code=outcome.vendor_code,
                                      vendor_message_id=outcome.vendor_message_id, sent_at=now,
                                      mobile_hash=mobile_hash):
                     self.sent += 1
@@ -232,7 +298,7 @@ class Dispatcher:
                 if not (n["urgent"]) and self._cfg.quiet.contains(due):
                     due = self._cfg.quiet.next_allowed(due)
                 if n["expires_at"] is None or due < n["expires_at"]:
-                    await repo.reschedule(conn, delivery_id, due, reason=f"retry: {outcome.detail}"[:200],
+                    await repo.reschedule(conn, delivery_id, d["claim"], due, reason=f"retry: {outcome.detail}"[:200],
                                           vendor_code=outcome.vendor_code)
                     return
             await self._give_up_or_fall_back(conn, d, n, outcome, now)
@@ -241,14 +307,15 @@ class Dispatcher:
         after = next_channel(n, d)
         reason = f"{outcome.status.value} {outcome.vendor_code}: {outcome.detail}"[:300]
         if after is not None:
-            if await repo.finish(conn, d["id"], DeliveryStatus.FELL_BACK, reason=reason,
+            if await repo.finish(conn, d["id"], d["claim"], DeliveryStatus.FELL_BACK, reason=reason,
                                  vendor_code=outcome.vendor_code):
                 await repo.insert_delivery(conn, n["id"], after, self._cfg.vendor_for(after), now)
                 log.info("delivery fell back", delivery_id=str(d["id"]), to=after.value, code=outcome.vendor_code)
                 FALLBACKS.labels(d["channel"], after.value, "send").inc()
                 self.wake()
             return
-        if await repo.finish(conn, d["id"], DeliveryStatus.FAILED, reason=reason, vendor_code=outcome.vendor_code):
+        if await repo.finish(conn, d["id"], d["claim"], DeliveryStatus.FAILED, reason=reason,
+                             vendor_code=outcome.vendor_code):
             await publish_failure(conn, n, d["id"], outcome.vendor_code, d["channel"])
 
 

@@ -6,6 +6,7 @@ import asyncio
 from notify.v1 import events_pb2 as notify_ev
 from referral.v1 import events_pb2 as ref_ev
 from scheduling.v1 import events_pb2 as sch_ev
+from services.notify.adapters.channels import AliyunSmsChannel
 from services.notify.domain.model import SHANGHAI
 from tests.fakes import HTTP_503
 
@@ -83,6 +84,78 @@ async def test_permanent_failure_is_recorded_not_retried_and_the_clinic_is_told(
     assert failed == 1
 
 
+async def _failure_events(db, referral_id) -> int:
+    return await db.fetchval("SELECT count(*) FROM notify.outbox WHERE aggregate_id = $1 "
+                             "AND event_type = 'notify.v1.PatientNotificationFailed'", referral_id)
+
+
+async def test_a_send_that_raises_every_time_fails_after_the_maximum_attempts(stack, monkeypatch, vendors, broker, db):
+    ref = Referral(Patient(stack))
+    sends = []
+
+    async def broken(self, message):
+        sends.append(message.correlation_id)
+        raise ValueError("vendor answer the client cannot read")
+
+    monkeypatch.setattr(AliyunSmsChannel, "send", broken)
+    env = {**vendor_env(*vendors), "NOTIFY_MAX_ATTEMPTS": "3"}
+    async with notify_service(stack, monkeypatch, env):
+        await publish(broker, ref.accepted(), ref)
+        [d] = await eventually(lambda: _failed(db, ref.referral_id), timeout=15)
+        await asyncio.sleep(1.0)  # several dispatcher polls: nothing more may happen
+    assert (d["attempts"], d["vendor_code"]) == (3, "ERROR") and len(sends) == 3
+    assert await _failure_events(db, ref.referral_id) == 1
+
+
+async def test_a_delivery_whose_senders_all_died_is_given_up_without_another_send(stack, monkeypatch, vendors,
+                                                                                 broker, db):
+    _, aliyun, _ = vendors
+    ref = Referral(Patient(stack))
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)):  # NOTIFY_MAX_ATTEMPTS 5
+        await publish(broker, ref.accepted(), ref)
+        [sent] = await eventually(lambda: _in_status(db, ref.referral_id, "SENT"))
+        # As the row stands after five claims whose senders died mid-call, the last lease lapsed.
+        await db.execute("UPDATE notify.deliveries SET status = 'SENDING', attempts = 5, "
+                         "lease_until = now() - interval '1 second' WHERE id = $1", sent["id"])
+        [d] = await eventually(lambda: _failed(db, ref.referral_id))
+    assert (d["attempts"], d["vendor_code"]) == (6, "NO_OUTCOME")
+    assert len(aliyun.accepted) == 1
+    assert await _failure_events(db, ref.referral_id) == 1
+
+
+async def test_a_message_its_template_no_longer_renders_fails_at_once_and_an_older_version_goes_out_as_recorded(
+        stack, monkeypatch, vendors, broker, db):
+    _, aliyun, _ = vendors
+    clock = AdjustableClock()
+    clock.set_local(local(2030, 3, 5, 22, 30))
+    stale = Referral(Patient(stack))
+    older = Referral(Patient(stack))
+    env = {**vendor_env(*vendors), "QUIET_HOURS": "21:00-08:00"}
+    async with notify_service(stack, monkeypatch, env, clock=clock):
+        await publish(broker, stale.accepted(), stale)
+        await publish(broker, older.accepted(), older)
+        await eventually(lambda: _held(db, stale.referral_id, older.referral_id))
+        # Planned under an earlier version of the template: one lacks a value the current one
+        # needs, the other rendered an older text.
+        await db.execute("UPDATE notify.notifications SET params = '{}' WHERE referral_id = $1", stale.referral_id)
+        await db.execute("UPDATE notify.notifications SET template_version = 0, text = '旧版本的文字' "
+                         "WHERE referral_id = $1", older.referral_id)
+        clock.set_local(local(2030, 3, 6, 8, 1))
+        [d] = await eventually(lambda: _failed(db, stale.referral_id))
+        await eventually(lambda: len(aliyun.accepted) == 1)
+    assert (d["attempts"], d["vendor_code"]) == (1, "TEMPLATE")
+    assert await _failure_events(db, stale.referral_id) == 1
+    assert aliyun.accepted[0]["phone"] == older.patient.mobile
+    recorded = await db.fetchrow("SELECT template_version, text FROM notify.notifications WHERE referral_id = $1",
+                                 older.referral_id)
+    assert recorded["template_version"] == 1 and recorded["text"].startswith("您的心内科转诊申请已被医院接收")
+
+
+async def _held(db, *referral_ids):
+    rows = [d for r in referral_ids for d in await _deliveries(db, r)]
+    return len(rows) == len(referral_ids) and all(d["status"] == "PENDING" for d in rows)
+
+
 async def test_unapproved_template_on_tencent_is_permanent(stack, monkeypatch, vendors, broker, db):
     _, _, tencent = vendors
     tencent.templates.pop("2300101")
@@ -95,7 +168,11 @@ async def test_unapproved_template_on_tencent_is_permanent(stack, monkeypatch, v
 
 
 async def _failed(db, referral_id):
-    return [d for d in await _deliveries(db, referral_id) if d["status"] == "FAILED"]
+    return await _in_status(db, referral_id, "FAILED")
+
+
+async def _in_status(db, referral_id, status):
+    return [d for d in await _deliveries(db, referral_id) if d["status"] == status]
 
 
 async def test_quiet_hours_hold_routine_messages_but_not_urgent_ones(stack, monkeypatch, vendors, broker, db):

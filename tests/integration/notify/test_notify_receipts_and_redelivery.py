@@ -8,11 +8,15 @@ import time
 
 import aiohttp
 
+from datetime import timedelta
+
 from referral.v1 import events_pb2 as ref_ev
+from services.notify.adapters import repository
 from tests.fakes.sandbox import WECHAT_EVENT_TOKEN
 from tests.support.metrics import metric
 
-from .notify_support import Patient, Referral, eventually, local, new_openid, notify_service, publish, vendor_env
+from .notify_support import (
+    AdjustableClock, Patient, Referral, eventually, local, new_openid, notify_service, publish, vendor_env)
 
 
 async def _delivery(db, referral_id):
@@ -63,6 +67,60 @@ async def test_tencent_failure_receipt_fails_the_delivery_and_tells_the_clinic(s
                                  "AND event_type = 'notify.v1.PatientNotificationFailed'", ref.referral_id)
     assert failures == 1
     assert metric("notify_unreached_total", channel="sms") == unreached + 1
+
+
+def _answer_lost(vendors, **env) -> dict[str, str]:
+    """Aliyun takes the first message but answers after notify stopped waiting."""
+    _, aliyun, _ = vendors
+    aliyun.answer_late()
+    return {**vendor_env(*vendors), "NOTIFY_SEND_TIMEOUT_SECONDS": str(aliyun.stall_seconds / 4), **env}
+
+
+async def test_a_receipt_for_an_attempt_whose_answer_was_lost_stops_its_retry(stack, monkeypatch, vendors, broker,
+                                                                              db):
+    _, aliyun, _ = vendors
+    ref = Referral(Patient(stack))
+    clock = AdjustableClock()
+    env = _answer_lost(vendors, NOTIFY_RETRY_BASE_SECONDS="60")
+    async with notify_service(stack, monkeypatch, env, clock=clock) as (_, notify):
+        await publish(broker, ref.accepted(), ref)
+        await eventually(lambda: _retry_waits(db, ref.referral_id))
+        assert len(aliyun.accepted) == 1
+        url = f"http://127.0.0.1:{notify.receipts.port}/receipts/aliyun"
+        assert (await aliyun.post_receipts(url, [aliyun.receipt_for(aliyun.accepted[0])]))[0] == 200
+        clock.advance(timedelta(hours=1))  # the retry is due
+        await asyncio.sleep(1.0)  # several dispatcher polls
+    row = await _delivery(db, ref.referral_id)
+    assert (row["status"], row["attempts"]) == ("DELIVERED", 1)
+    assert len(aliyun.accepted) == 1 and aliyun.request_count == 1
+
+
+async def test_a_receipt_that_comes_while_the_retry_is_claimed_stops_it(stack, monkeypatch, vendors, broker, db):
+    _, aliyun, _ = vendors
+    ref = Referral(Patient(stack))
+    loads = []
+    load_for_send = repository.load_for_send
+
+    async def receipt_after_the_retry_is_claimed(conn, notification_id):
+        loads.append(notification_id)
+        if len(loads) == 2:  # the retry's claim
+            url = f"http://127.0.0.1:{notify.receipts.port}/receipts/aliyun"
+            assert (await aliyun.post_receipts(url, [aliyun.receipt_for(aliyun.accepted[0])]))[0] == 200
+        return await load_for_send(conn, notification_id)
+
+    monkeypatch.setattr(repository, "load_for_send", receipt_after_the_retry_is_claimed)
+    async with notify_service(stack, monkeypatch, _answer_lost(vendors)) as (_, notify):
+        await publish(broker, ref.accepted(), ref)
+        await eventually(lambda: _status(db, ref.referral_id, "DELIVERED"))
+        await asyncio.sleep(1.0)
+    row = await _delivery(db, ref.referral_id)
+    assert (row["status"], row["attempts"], len(loads)) == ("DELIVERED", 2, 2)
+    assert len(aliyun.accepted) == 1 and aliyun.request_count == 1
+
+
+async def _retry_waits(db, referral_id):
+    row = await _delivery(db, referral_id)
+    return row is not None and row["status"] == "PENDING" and row["vendor_code"] == "TIMEOUT"
 
 
 async def test_malformed_receipt_is_refused(stack, monkeypatch, vendors):
