@@ -11,10 +11,9 @@ from services.scheduling.service_layer.allocation import Scheduler, reoptimise
 from .conftest import referral, session, timedelta, today
 
 
-@pytest.mark.parametrize("state", ["TENTATIVE", "CONFIRMED"])
-async def test_reoptimisation_moves_only_tentative_bookings(stack, app, stub, hospital, state):
-    # One reserved place on day 1 and one on day 2. The flexible patient took day 1; the
-    # second can come on day 1 only and waits. Moving the first to day 2 places both.
+async def _one_booked_one_waiting(stack, stub, hospital):
+    """One reserved place on day 1 and one on day 2. The flexible patient took day 1; the
+    second can come on day 1 only and waits. Moving the first to day 2 places both."""
     day1, day2 = today() + timedelta(days=1), today() + timedelta(days=2)
     desk = stack.metadata(hospital, Role.REFERRAL_DESK)
     await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
@@ -23,10 +22,15 @@ async def test_reoptimisation_moves_only_tentative_bookings(stack, app, stub, ho
     service = stack.metadata("scheduler", Role.SERVICE)
     flexible = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=referral(hospital)), metadata=service)
     assert flexible.booking.items[0].start_time.ToDatetime().date() == day1
-    booking_id = flexible.booking.name.split("/")[-1]
     fixed_day = referral(hospital, clinic="CLINIC02", dates=[day1])
-    waiting = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=fixed_day), metadata=service)
-    assert waiting.waitlisted
+    assert (await stub.AllocateReferral(pb.AllocateReferralRequest(referral=fixed_day), metadata=service)).waitlisted
+    return flexible.booking, fixed_day, day1, day2
+
+
+@pytest.mark.parametrize("state", ["TENTATIVE", "CONFIRMED"])
+async def test_reoptimisation_moves_only_tentative_bookings(stack, app, stub, hospital, state):
+    booking, fixed_day, day1, day2 = await _one_booked_one_waiting(stack, stub, hospital)
+    booking_id = booking.booking_id
     async with app.ctx.pool.acquire() as conn, conn.transaction():
         # Not yet sent to the patient (TENTATIVE), or sent (CONFIRMED).
         await conn.execute("UPDATE bookings SET state = $2, scheduled_event_id = NULL WHERE booking_id = $1",
@@ -43,16 +47,8 @@ async def test_reoptimisation_moves_only_tentative_bookings(stack, app, stub, ho
 async def test_a_move_before_the_patient_was_told_rewrites_the_unsent_booking_message(stack, app, stub, hospital):
     """The moved booking's ReferralScheduled is still in the outbox: it goes out with the new
     place, and no BookingRescheduled follows (the patient hears one time, the right one)."""
-    day1, day2 = today() + timedelta(days=1), today() + timedelta(days=2)
-    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
-    await stub.PublishSessions(pb.PublishSessionsRequest(hospital_id=hospital, sessions=[
-        session(f"{hospital}-S1", day1, total=3, reserved=1, start="08:00", end="08:30"),
-        session(f"{hospital}-S2", day2, total=3, reserved=1, start="08:00", end="08:30")]), metadata=desk)
-    service = stack.metadata("scheduler", Role.SERVICE)
-    flexible = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=referral(hospital)), metadata=service)
-    booking_id = flexible.booking.name.split("/")[-1]
-    fixed_day = referral(hospital, clinic="CLINIC02", dates=[day1])
-    assert (await stub.AllocateReferral(pb.AllocateReferralRequest(referral=fixed_day), metadata=service)).waitlisted
+    booking, fixed_day, _, day2 = await _one_booked_one_waiting(stack, stub, hospital)
+    booking_id = booking.booking_id
     async with app.ctx.pool.acquire() as conn, conn.transaction():
         event_id = await conn.fetchval("SELECT scheduled_event_id FROM bookings WHERE booking_id = $1", booking_id)
         # As if the broker had been away since the booking: its event is still unsent.
@@ -62,7 +58,7 @@ async def test_a_move_before_the_patient_was_told_rewrites_the_unsent_booking_me
         payload = await conn.fetchval("SELECT payload FROM outbox WHERE event_id = $1", event_id)
         rescheduled = await conn.fetchval(
             "SELECT count(*) FROM outbox WHERE event_type LIKE '%BookingRescheduled' AND aggregate_id = $1",
-            flexible.booking.referral_id)
+            booking.referral_id)
     assert promoted == [fixed_day.referral_id] and rescheduled == 0
     env = event_pb2.EventEnvelope.FromString(payload)
     scheduled = events_pb2.ReferralScheduled()
