@@ -31,6 +31,11 @@ class Role(str, enum.Enum):
     SERVICE = "service"
 
 
+# As staff read their role in an error message.
+ROLE_NAMES_ZH = {Role.CLINIC_DOCTOR: "基层医生", Role.REFERRAL_DESK: "转诊服务中心", Role.BED_MANAGER: "床位管理员",
+                 Role.CONSORTIUM_OFFICE: "医共体管理办公室", Role.SERVICE: "系统服务"}
+
+
 @dataclass(frozen=True)
 class Caller:
     subject: str
@@ -40,8 +45,7 @@ class Caller:
 
     def require(self, *roles: Role) -> None:
         if self.role not in roles:
-            raise PermissionDenied(f"role {self.role.value} may not call this method",
-                                   reason="ROLE_NOT_ALLOWED")
+            raise PermissionDenied(f"{ROLE_NAMES_ZH[self.role]}角色无权执行此操作", reason="ROLE_NOT_ALLOWED")
 
 
 _current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller", default=None)
@@ -50,7 +54,7 @@ _current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller
 def current_caller() -> Caller:
     caller = _current.get()
     if caller is None:
-        raise Unauthenticated("no authenticated caller", reason="UNAUTHENTICATED")
+        raise Unauthenticated("未认证的调用方", reason="UNAUTHENTICATED")
     return caller
 
 
@@ -105,26 +109,26 @@ class TokenVerifier:
                 last_error = exc
                 continue
             except jwt.PyJWTError as exc:
-                raise Unauthenticated(f"token rejected: {exc}", reason="BAD_TOKEN") from exc
+                raise Unauthenticated(f"令牌无效：{exc}", reason="BAD_TOKEN") from exc
             try:
                 role = Role(claims.get("role", ""))
             except ValueError as exc:
-                raise Unauthenticated("token names no known role", reason="BAD_TOKEN") from exc
+                raise Unauthenticated("令牌中的角色无效", reason="BAD_TOKEN") from exc
             institution = str(claims.get("inst", ""))
             if not institution:
-                raise Unauthenticated("token names no institution", reason="BAD_TOKEN")
+                raise Unauthenticated("令牌未指明机构", reason="BAD_TOKEN")
             caller = Caller(subject=str(claims["sub"]), institution_id=institution, role=role,
                             consortium_id=str(claims.get("cons", "")))
             exp = claims.get("exp")
             # Cached only while valid without the leeway, and never past a not-before.
             cacheable = isinstance(exp, (int, float)) and "nbf" not in claims
             return caller, float(exp) if cacheable else None
-        raise Unauthenticated(f"token rejected: {last_error}", reason="BAD_TOKEN")
+        raise Unauthenticated(f"令牌无效：{last_error}", reason="BAD_TOKEN")
 
     def verify_metadata(self, metadata: dict[str, str]) -> Caller:
         header = metadata.get("authorization", "")
         if not header.lower().startswith("bearer "):
-            raise Unauthenticated("missing bearer token", reason="NO_TOKEN")
+            raise Unauthenticated("缺少Bearer令牌", reason="NO_TOKEN")
         return self.verify(header[7:].strip())
 
 

@@ -77,9 +77,9 @@ def _as_domain_error(exc: BaseException) -> DomainError | None:
     if isinstance(exc, (asyncpg.exceptions.CharacterNotInRepertoireError,
                         asyncpg.exceptions.UntranslatableCharacterError)):
         # e.g. a NUL in a string field: PostgreSQL text cannot hold it; the caller must not send it.
-        return InvalidArgument(FieldViolation("request", "contains a character that cannot be stored (e.g. NUL)"))
+        return InvalidArgument(FieldViolation("request", "包含无法保存的字符（如NUL）"))
     if isinstance(exc, db.UNAVAILABLE_ERRORS):
-        return Unavailable("a backing service is unavailable, retry later", reason="BACKEND_UNAVAILABLE")
+        return Unavailable("后台服务暂不可用，请稍后重试", reason="BACKEND_UNAVAILABLE")
     if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
         # A deadlock or serialization failure PostgreSQL resolved by rolling this call back:
         # nothing was written, and the same call again is expected to succeed.

@@ -65,3 +65,12 @@ def test_metadata_without_bearer_is_refused():
         VERIFIER.verify_metadata({})
     with pytest.raises(Unauthenticated):
         VERIFIER.verify_metadata({"authorization": "Basic abc"})
+
+
+def test_a_role_refused_is_told_in_chinese_by_the_name_staff_know_it_by():
+    from services.common.errors import PermissionDenied
+    caller = auth.Caller("u1", "HOSP01", auth.Role.BED_MANAGER)
+    with pytest.raises(PermissionDenied) as refused:
+        caller.require(auth.Role.REFERRAL_DESK)
+    assert refused.value.message == "床位管理员角色无权执行此操作" and refused.value.reason == "ROLE_NOT_ALLOWED"
+    assert set(auth.ROLE_NAMES_ZH) == set(auth.Role)
