@@ -456,9 +456,12 @@ ins AS (
     INSERT INTO referrals ({', '.join(_COLUMNS)})
     SELECT referral_id, $1::text, {', '.join(_V_COLUMNS[1:-1])}, 1, body::jsonb FROM v ORDER BY n
     ON CONFLICT (sending_institution_id, request_id) DO NOTHING RETURNING referral_id),
+-- The episodes are found by key (= ANY of an array: an index scan), not by a join with `v`,
+-- which the planner may make a scan of every episode: one per statement, in the create path.
 closed AS (
     UPDATE episodes e SET closed_at = v.now FROM v JOIN ins USING (referral_id)
-    WHERE e.episode_id = v.closes AND e.closed_at IS NULL
+    WHERE e.episode_id = ANY(ARRAY(SELECT closes FROM v WHERE closes <> ''))
+      AND e.episode_id = v.closes AND e.closed_at IS NULL
     RETURNING e.episode_id),
 -- A patient has one open episode per category (unique index episodes_open). A create whose
 -- episode another opened after its read, or the second of two creates in the batch opening
@@ -476,7 +479,8 @@ opened AS (
 joined AS (
     UPDATE episodes e SET deductible_paid_fen = e.deductible_paid_fen + v.add_fen, last_activity_at = v.now
     FROM v JOIN ins USING (referral_id)
-    WHERE e.episode_id = v.episode_id AND e.deductible_paid_fen = v.paid_before
+    WHERE e.episode_id = ANY(ARRAY(SELECT episode_id FROM v WHERE paid_before IS NOT NULL))
+      AND e.episode_id = v.episode_id AND e.deductible_paid_fen = v.paid_before
     RETURNING e.episode_id),
 tr AS (
     INSERT INTO referral_transitions (referral_id, from_state, to_state, actor, actor_institution_id, reason, at)
