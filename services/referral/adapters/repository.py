@@ -327,9 +327,11 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool
 LEFT JOIN institutions s ON s.institution_id = q.sender
 LEFT JOIN LATERAL (SELECT version, created_at FROM disease_catalogues WHERE consortium_id = s.consortium_id
                    ORDER BY version DESC LIMIT 1) cat ON true
+-- LIMIT 1 (there is one open episode at most) keeps this a lookup per create: without it
+-- the planner flattens the subquery into a join that scans the consortium's episodes.
 LEFT JOIN LATERAL (SELECT episode_id, deductible_paid_fen, last_activity_at FROM episodes
                    WHERE q.find AND consortium_id = s.consortium_id AND patient_id = q.patient_id
-                     AND icd_category = q.category AND closed_at IS NULL {lock}) ep ON true
+                     AND icd_category = q.category AND closed_at IS NULL LIMIT 1 {lock}) ep ON true
 ORDER BY q.n
 """
 
