@@ -37,8 +37,10 @@ def new_openid() -> str:
 class AdjustableClock:
     """Real time plus an offset the test moves; the service's policy clock, not the vendors'."""
 
-    def __init__(self) -> None:
+    def __init__(self, at: datetime | None = None) -> None:
         self.offset = timedelta()
+        if at is not None:
+            self.set_local(at)
 
     def __call__(self) -> datetime:
         return datetime.now(UTC) + self.offset

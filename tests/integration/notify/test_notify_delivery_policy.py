@@ -126,8 +126,7 @@ async def test_a_delivery_whose_senders_all_died_is_given_up_without_another_sen
 async def test_a_message_its_template_no_longer_renders_fails_at_once_and_an_older_version_goes_out_as_recorded(
         stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2030, 3, 5, 22, 30))
+    clock = AdjustableClock(local(2030, 3, 5, 22, 30))
     stale = Referral(Patient(stack))
     older = Referral(Patient(stack))
     env = {**vendor_env(*vendors), "QUIET_HOURS": "21:00-08:00"}
@@ -251,8 +250,7 @@ async def _skips(db, referral_id):
 
 async def test_bed_ready_is_urgent_and_says_where_and_by_when(stack, monkeypatch, vendors, broker, db):
     wechat, _, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2030, 4, 1, 23, 0))
+    clock = AdjustableClock(local(2030, 4, 1, 23, 0))
     ref = Referral(Patient(stack, openid=new_openid()))
     bed = sch_ev.BedReady(referral_id=ref.referral_id, booking_id="BB1", hospital_id=ref.hospital_id,
                           sending_institution_id=ref.clinic_id, ward="心内科一病区", room="305", bed="12",

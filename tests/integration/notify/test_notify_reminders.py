@@ -16,8 +16,7 @@ async def _reminders(db, referral_id):
 
 async def test_reminders_fire_after_a_restart_of_the_service(stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2032, 6, 8, 12, 0))
+    clock = AdjustableClock(local(2032, 6, 8, 12, 0))
     ref = Referral(Patient(stack))
     item = ref.item(local(2032, 6, 10, 10, 0), item_id="consult")
     item.preparation = "空腹"
@@ -42,8 +41,7 @@ async def test_reminders_fire_after_a_restart_of_the_service(stack, monkeypatch,
 
 async def test_reschedule_replaces_reminders_and_cancellation_cancels_them(stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2032, 7, 1, 9, 0))
+    clock = AdjustableClock(local(2032, 7, 1, 9, 0))
     ref = Referral(Patient(stack))
     booking = ref.scheduled([ref.item(local(2032, 7, 5, 9, 30), item_id="a")], booking_id="BK" + ref.referral_id)
     async with notify_service(stack, monkeypatch, vendor_env(*vendors), clock=clock):
@@ -74,8 +72,7 @@ async def test_reschedule_replaces_reminders_and_cancellation_cancels_them(stack
 
 async def test_referral_cancellation_cancels_pending_reminders(stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2032, 8, 1, 9, 0))
+    clock = AdjustableClock(local(2032, 8, 1, 9, 0))
     ref = Referral(Patient(stack))
     async with notify_service(stack, monkeypatch, vendor_env(*vendors), clock=clock):
         await publish(broker, ref.accepted(), ref)

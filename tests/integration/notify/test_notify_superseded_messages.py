@@ -2,6 +2,9 @@
 untrue; and what a later event says is only what the patient does not know yet."""
 from __future__ import annotations
 
+import contextlib
+from datetime import datetime
+
 from common.v1 import event_pb2
 from notify.v1 import events_pb2 as notify_ev
 from referral.v1 import events_pb2 as ref_ev
@@ -56,19 +59,27 @@ def _cancelled(ref: Referral, booking_id: str, reason: str = "患者改期") -> 
                                    sending_institution_id=ref.clinic_id, reason=reason)
 
 
-async def test_a_booking_cancelled_overnight_is_not_announced_in_the_morning(stack, monkeypatch, vendors, broker,
-                                                                             db):
-    _, aliyun, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2033, 3, 1, 21, 30))
+@contextlib.asynccontextmanager
+async def _booked_at_night(stack, monkeypatch, vendors, broker, db, night: datetime, appointment: datetime):
+    """A referral accepted and booked at `night` (quiet hours from 21:00), inside a running
+    notify, once its booking message is planned: (clock, referral, booking event)."""
+    clock = AdjustableClock(night)
     ref = Referral(Patient(stack))
-    booking = ref.scheduled([ref.item(local(2033, 3, 2, 10, 0), item_id="consult")])
+    booking = ref.scheduled([ref.item(appointment, item_id="consult")])
     env = {**vendor_env(*vendors), "QUIET_HOURS": "21:00-08:00"}
     async with notify_service(stack, monkeypatch, env, clock=clock):
         await publish(broker, ref.accepted(), ref)
         await publish(broker, booking, ref)
-        # 12.5 hours ahead: the booking message waits for the morning.
         await eventually(lambda: _planned(db, ref.referral_id, "appointment_booked"))
+        yield clock, ref, booking
+
+
+async def test_a_booking_cancelled_overnight_is_not_announced_in_the_morning(stack, monkeypatch, vendors, broker,
+                                                                             db):
+    _, aliyun, _ = vendors
+    # 12.5 hours ahead: the booking message waits for the morning.
+    async with _booked_at_night(stack, monkeypatch, vendors, broker, db, local(2033, 3, 1, 21, 30),
+                                local(2033, 3, 2, 10, 0)) as (clock, ref, booking):
         assert (await _status_of(db, ref.referral_id))["appointment_booked"] == {"PENDING"}
         clock.set_local(local(2033, 3, 1, 22, 30))
         await publish(broker, _cancelled(ref, booking.booking_id), ref)
@@ -85,15 +96,8 @@ async def test_a_booking_cancelled_overnight_is_not_announced_in_the_morning(sta
 async def test_a_cancelled_referral_s_waiting_messages_stay_unsent_and_its_booking_s_cancellation_adds_nothing(
         stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2033, 3, 10, 21, 30))
-    ref = Referral(Patient(stack))
-    booking = ref.scheduled([ref.item(local(2033, 3, 14, 10, 0), item_id="consult")])
-    env = {**vendor_env(*vendors), "QUIET_HOURS": "21:00-08:00"}
-    async with notify_service(stack, monkeypatch, env, clock=clock):
-        await publish(broker, ref.accepted(), ref)
-        await publish(broker, booking, ref)
-        await eventually(lambda: _planned(db, ref.referral_id, "appointment_booked"))
+    async with _booked_at_night(stack, monkeypatch, vendors, broker, db, local(2033, 3, 10, 21, 30),
+                                local(2033, 3, 14, 10, 0)) as (clock, ref, booking):
         clock.set_local(local(2033, 3, 10, 22, 30))
         await publish(broker, ref_ev.ReferralCancelled(referral=ref.snapshot(), reason="患者撤回同意"), ref)
         await eventually(lambda: _planned(db, ref.referral_id, "referral_cancelled"))
@@ -149,8 +153,7 @@ async def test_the_cancellation_of_a_booking_notify_never_announced_says_nothing
 async def test_a_reschedule_announces_what_moved_with_what_to_bring_as_told_at_booking(
         stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
-    clock = AdjustableClock()
-    clock.set_local(local(2033, 4, 1, 9, 0))
+    clock = AdjustableClock(local(2033, 4, 1, 9, 0))
     ref = Referral(Patient(stack))
     consult = ref.item(local(2033, 4, 5, 9, 30), item_id="consult")
     exam = ref.item(local(2033, 4, 5, 10, 30), kind=sch_ev.ITEM_KIND_EXAM, item_id="exam", room="超声3室")
