@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timezone
 
 from referral.v1 import events_pb2 as revents
 from referral.v1 import types_pb2 as rtypes
@@ -32,7 +33,8 @@ def subscription(sched: Scheduler) -> Subscription:
             raise PermanentError(exc.message) from exc
         # Accepted again after a no-show (RebookReferral): a new event id, so a fresh placement.
         await repo.supersede_no_show(conn, event.referral.referral_id)
-        await allocate(conn, sched, event.referral, request_id=env.request_id)
+        accepted_at = env.occur_time.ToDatetime(tzinfo=timezone.utc) if env.HasField("occur_time") else None
+        await allocate(conn, sched, event.referral, request_id=env.request_id, accepted_at=accepted_at)
 
     async def cancelled(conn, env, event: revents.ReferralCancelled) -> None:
         hospital = await bookings.cancel_referral(conn, event.referral.referral_id, event.reason)

@@ -234,10 +234,15 @@ NO_CAPACITY = ("CAPACITY_TAKEN", "号源已被其他转诊占用，已进入候�
 
 
 async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.ReferralSnapshot, *,
-                   request_id: str = "", now: datetime | None = None) -> Outcome:
+                   request_id: str = "", now: datetime | None = None,
+                   accepted_at: datetime | None = None) -> Outcome:
     """Place one accepted referral now, inside the caller's transaction (an RPC's or an
-    event handler's inbox transaction); a conflicting writer costs a retry, not an error."""
+    event handler's inbox transaction); a conflicting writer costs a retry, not an error.
+    `accepted_at`: when the hospital accepted it (the event's time), from which its urgency's
+    window counts; an acceptance that reaches the scheduler late must not get a later
+    deadline. Never later than `now` (another host's clock)."""
     now = now or sched.clock()
+    accepted_at = min(accepted_at or now, now)
     rid = snapshot.referral_id
     await repo.lock_hospital(conn, snapshot.hospital_id)
     known = await repo.get_referral(conn, rid, for_update=True)
@@ -247,7 +252,7 @@ async def allocate(conn: asyncpg.Connection, sched: Scheduler, snapshot: rtypes.
     live = await repo.live_booking_of(conn, rid)
     if live is not None:
         return Outcome(rid, booking_id=live["booking_id"])  # the same acceptance again
-    accepted_at = known["accepted_at"] if known is not None and known["state"] == "WAITLISTED" else now
+    accepted_at = known["accepted_at"] if known is not None and known["state"] == "WAITLISTED" else accepted_at
     first_time = known is None or known["state"] != "WAITLISTED"
     await repo.save_referral(conn, referral_id=rid, hospital_id=snapshot.hospital_id,
                              sending_institution_id=snapshot.sending_institution_id,

@@ -128,17 +128,20 @@ def admission(department="cardiology", nights=2, need_id="n-adm", required=()) -
         department=department, expected_nights=nights, required_equipment=list(required)))
 
 
-async def publish_event(app, message, snapshot: rtypes.ReferralSnapshot) -> str:
-    """A referral event as the referral service's relay would publish it."""
+async def publish_event(app, message, snapshot: rtypes.ReferralSnapshot, occurred: datetime | None = None) -> str:
+    """A referral event as the referral service's relay would publish it (`occurred`: when
+    it happened, if not now)."""
     await app.ctx.broker.ensure_stream("referral")
     env = messaging.envelope(message, aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id)
+    if occurred is not None:
+        env.occur_time.FromDatetime(occurred)
     await app.ctx.broker.js.publish(messaging.subject_for(message, snapshot.hospital_id), env.SerializeToString(),
                                     headers={"Nats-Msg-Id": env.event_id})
     return env.event_id
 
 
-async def accept(app, snapshot) -> str:
-    return await publish_event(app, revents.ReferralAccepted(referral=snapshot), snapshot)
+async def accept(app, snapshot, occurred: datetime | None = None) -> str:
+    return await publish_event(app, revents.ReferralAccepted(referral=snapshot), snapshot, occurred)
 
 
 __all__ = ["admission", "accept", "consultation", "exam", "pdate", "publish_event", "referral", "session", "today",

@@ -5,6 +5,7 @@ import asyncpg
 import grpc
 import pytest
 
+from common.v1 import types_pb2
 from referral.v1 import events_pb2 as revents
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
@@ -144,3 +145,18 @@ async def test_another_hospitals_desk_cannot_allocate_a_referral_of_this_one(sta
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS and "其他医院" in err.value.details()
     got = await stub.GetBooking(pb.GetBookingRequest(name=booked.booking.name), metadata=desk)
     assert got.hospital_id == hospital and got.state in (pb.BOOKING_STATE_TENTATIVE, pb.BOOKING_STATE_CONFIRMED)
+
+
+async def test_an_acceptance_that_reaches_the_scheduler_late_keeps_its_deadline(stack, app, stub, events, hospital):
+    """Accepted two days ago (the scheduler was behind): an urgent referral's two-day window
+    counts from then, so its deadline is today, not two days from now."""
+    from services.scheduling.domain import calendar
+    snap = referral(hospital, urgency=types_pb2.URGENCY_URGENT)
+    two_days_ago = calendar.at(today() - timedelta(days=2), 10 * 60)
+    await accept(app, snap, occurred=two_days_ago)
+    waitlisted, = await events.wait("ReferralWaitlisted", referral_id=snap.referral_id)
+    assert f"截止日（{calendar.zh_date(today())}）前" in waitlisted.reason, waitlisted.reason
+    async with app.ctx.pool.acquire() as conn:
+        accepted_at = await conn.fetchval("SELECT accepted_at FROM referrals WHERE referral_id = $1",
+                                          snap.referral_id)
+    assert accepted_at == two_days_ago
