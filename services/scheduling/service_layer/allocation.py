@@ -184,7 +184,7 @@ async def _scheduled_event(conn, booking) -> events_pb2.ReferralScheduled:
 
 
 async def waitlist(conn, snapshot: rtypes.ReferralSnapshot, code: str, reason: str, request_id: str,
-                    announce: bool) -> None:
+                   announce: bool) -> None:
     await repo.set_referral_state(conn, snapshot.referral_id, "WAITLISTED", code, reason)
     if announce:
         OUTCOMES.labels(code).inc()

@@ -14,7 +14,7 @@ from services.scheduling.domain import calendar
 from services.scheduling.service_layer import engine_adapter as ea
 from services.scheduling.service_layer import rendering
 from services.scheduling.service_layer.allocation import (
-    WAITLIST_NOTE, PlaceGone, Scheduler, waitlist, add_rescheduled, release_held_bed, write_items)
+    WAITLIST_NOTE, PlaceGone, Scheduler, add_rescheduled, release_held_bed, waitlist, write_items)
 
 LIVE = ("TENTATIVE", "CONFIRMED")
 
@@ -124,7 +124,7 @@ async def displace(conn, sched: Scheduler, booking) -> bool:
     await cancel(conn, booking, f"{_BED_GONE}，且暂无其他合适床位，预约已取消并转入候补，有床位时将重新安排")
     referral = await repo.get_referral(conn, booking["referral_id"], for_update=True)
     await waitlist(conn, rtypes.ReferralSnapshot.FromString(referral["snapshot"]), BED_UNAVAILABLE,
-                    f"{_BED_GONE}，暂无其他合适床位{WAITLIST_NOTE}", "", True)
+                   f"{_BED_GONE}，暂无其他合适床位{WAITLIST_NOTE}", "", True)
     return False
 
 
