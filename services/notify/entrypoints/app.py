@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from services.common import membership
@@ -141,8 +141,11 @@ class NotifyApp:
         self.dispatcher, self.receipts, self.config = dispatcher, receipts, cfg
         servicer = NotifyServicer(ctx.pool, cfg, ctx.pii, on_new_delivery=dispatcher.wake)
         retention = timedelta(days=_f(s, "NOTIFY_CONTACT_RETENTION_DAYS", 180))
+        # Wall time, not the policy clock (quiet hours, reminders): the ages compared are the
+        # rows' own timestamps, which the database writes by its clock. (A test that moves the
+        # policy clock years ahead would otherwise see every contact as idle, its own too.)
         forget_job = periodic("idle contacts cleared", _f(s, "NOTIFY_CONTACT_PURGE_SECONDS", 3600),
-                              lambda: forget_idle_contacts(ctx.pool, self.clock(), retention))
+                              lambda: forget_idle_contacts(ctx.pool, datetime.now(timezone.utc), retention))
         return ServiceParts(registrars=[servicer.register], subscriptions=[*handlers.subscriptions(), membership.subscription("notify-membership")],
                             background=[dispatcher.run, receipts.run, forget_job], on_stop=[channels.aclose])
 

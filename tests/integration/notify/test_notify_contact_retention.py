@@ -1,6 +1,7 @@
 """Notify forgets how to reach a patient who has had nothing from it for the retention."""
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -13,7 +14,7 @@ from services.common.auth import Role
 from services.notify.service_layer.retention import forget_idle_contacts
 
 from .notify_support import (
-    Patient, Referral, eventually, new_mobile, new_openid, notify_service, publish, vendor_env)
+    AdjustableClock, Patient, Referral, eventually, local, new_mobile, new_openid, notify_service, publish, vendor_env)
 
 RETENTION = timedelta(days=180)
 
@@ -131,3 +132,18 @@ async def test_a_mobile_set_through_preferences_outranks_the_referrals_until_it_
         await publish(broker, again.accepted(), again)
         await eventually(lambda: len(aliyun.accepted) == 3)
     assert aliyun.accepted[-1]["phone"] == patient.mobile
+
+
+async def test_the_clearing_job_measures_idleness_by_the_database_clock_not_the_policy_clock(
+        stack, monkeypatch, vendors, broker, db):
+    """The rows' ages are in the database's time: a policy clock set years ahead (as tests and
+    a wrongly set host clock do) must not make a contact just learned look idle."""
+    patient = Patient(stack, openid=new_openid())
+    ref = Referral(patient)
+    env = {**vendor_env(*vendors), "NOTIFY_CONTACT_PURGE_SECONDS": "0.2"}
+    async with notify_service(stack, monkeypatch, env, clock=AdjustableClock(local(2035, 1, 10, 10, 0))):
+        await publish(broker, ref.accepted(), ref)
+        await eventually(lambda: _contact(db, patient))
+        await asyncio.sleep(1.0)  # five rounds of the job
+        kept = await _contact(db, patient)
+    assert kept["wechat_openid"] == patient.openid
