@@ -19,6 +19,11 @@ def parse_hhmm(text: str) -> int | None:
     return int(m.group(1)) * 60 + int(m.group(2)) if m else None
 
 
+def hhmm(minute: int) -> str:
+    """"HH:MM" of minutes after midnight: parse_hhmm's inverse."""
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
 def local_date(moment: datetime) -> date:
     return moment.astimezone(LOCAL).date()
 

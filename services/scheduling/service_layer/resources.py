@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from scheduling.v1 import scheduling_service_pb2 as pb
 from services.common.errors import FailedPrecondition, Violations
 from services.scheduling.adapters import repository as repo
-from services.scheduling.domain import calendar, preparation
+from services.scheduling.domain import calendar, devices, preparation
 from services.scheduling.domain.policy import (
     MIN_OUTPATIENT_SHARE, URGENT_WINDOW_HOURS, ReservationPolicy, default_policy, distribute, spread)
 
@@ -228,7 +228,39 @@ async def publish_sessions(conn, req: pb.PublishSessionsRequest) -> pb.PublishSe
     return pb.PublishSessionsResponse(sessions=len(plans), slots=slots, reserved_places=places)
 
 
-async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest) -> pb.PublishExamCapacityResponse:
+async def _refuse_device_clashes(conn, req: pb.PublishExamCapacityRequest, known: dict, days: list,
+                                 today: date) -> None:
+    """Refuses a publish after which one device would be in two channels at once: the
+    request's windows replace their channels' stored ones of the same day, and a channel
+    the request moves to another device takes its stored windows (from today on) along."""
+    first = len(req.channels)  # capacity[i] comes after every channels[j] in the request
+    device = {cid: r["device_id"] for cid, r in known.items()} | {c.channel_id: c.device_id for c in req.channels}
+    moved = {c.channel_id: j for j, c in enumerate(req.channels)
+             if c.device_id and (c.channel_id not in known or known[c.channel_id]["device_id"] != c.device_id)}
+    rows = await conn.fetch("""
+        SELECT w.channel_id, c.device_id, w.day, w.start_minute, w.end_minute
+          FROM exam_windows w JOIN exam_channels c USING (channel_id)
+         WHERE c.hospital_id = $1 AND (w.day = ANY($2::date[]) OR w.day IN (
+               SELECT m.day FROM exam_windows m WHERE m.channel_id = ANY($3::text[]) AND m.day >= $4))""",
+                            req.hospital_id, list({day for _, day, *_ in days}), list(moved), today)
+    after: dict[tuple[str, date], devices.Window] = {}
+    for r in rows:
+        cid, day = r["channel_id"], r["day"]
+        j = moved.get(cid, -1) if day >= today else -1
+        after[(cid, day)] = devices.Window(cid, device.get(cid, r["device_id"]), day, r["start_minute"],
+                                           r["end_minute"], j, f"channels[{j}].device_id" if j >= 0 else "")
+    for i, (d, day, start, end, _) in enumerate(days):
+        after[(d.channel_id, day)] = devices.Window(d.channel_id, device[d.channel_id], day, start, end, first + i,
+                                                    f"capacity[{i}].start_time")
+    v = Violations()
+    for w, holder in devices.device_clashes(after.values()):
+        v.add(w.field, f"设备{w.device_id}在{calendar.zh_date(w.day)}{calendar.hhmm(holder.start)}–"
+                       f"{calendar.hhmm(holder.end)}已属于通道{holder.channel_id}")
+    v.raise_if_any()
+
+
+async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest,
+                                today: date) -> pb.PublishExamCapacityResponse:
     v = Violations()
     check_id(v, req.hospital_id, "hospital_id")
     v.check(len(req.channels) + len(req.capacity) > 0, "capacity", "至少一个检查通道或一天的容量")
@@ -246,7 +278,8 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest) -> pb.
         v.check(len(c.required_results) <= 10 and all(bool(ID.match(r)) for r in c.required_results),
                 f"{f}.required_results", "最多10项，每项为代码，如 COAGULATION")
     known = {r["channel_id"]: r for r in await conn.fetch(
-        "SELECT channel_id, hospital_id, slot_minutes FROM exam_channels WHERE channel_id = ANY($1::text[])",
+        "SELECT channel_id, hospital_id, slot_minutes, device_id FROM exam_channels "
+        "WHERE channel_id = ANY($1::text[])",
         list({c.channel_id for c in req.capacity} | set(channels)))}
     for cid, row in known.items():
         if row["hospital_id"] != req.hospital_id:
@@ -270,6 +303,12 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest) -> pb.
                 f"预留与绿色通道号源之和超过当天可用时段数（{n}）")
         days.append((d, day, start, end, length))
     v.raise_if_any()
+    # Check then write is sound because the caller took the hospital's advisory lock
+    # (repo.lock_hospital) before anything was read and holds it to commit. Device ids are
+    # the hospital's own, so that lock covers every channel that could claim the device,
+    # one a concurrent request is just creating included, which no row lock could (there
+    # is no row to lock yet); a concurrent publish waits, then reads this one's windows.
+    await _refuse_device_clashes(conn, req, known, days, today)
     await _refuse_changes_once_booked(conn, "exam_channels", "channel_id", {
         c.channel_id: (f"channels[{i}]", {"modality": c.modality, "building": c.place.building,
                                           "floor": c.place.floor, "room": c.place.room})
@@ -304,6 +343,10 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest) -> pb.
         await _replace_slots(conn, req.hospital_id, "exam", "s.channel_id = $1 AND s.start_at >= $2 AND s.start_at < $3",
                              (d.channel_id, lo, hi), desired, {"channel_id": d.channel_id})
         slots += len(desired)
+    await conn.executemany("""
+        INSERT INTO exam_windows (channel_id, day, start_minute, end_minute) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (channel_id, day) DO UPDATE SET start_minute = EXCLUDED.start_minute,
+            end_minute = EXCLUDED.end_minute""", [(d.channel_id, day, start, end) for d, day, start, end, _ in days])
     return pb.PublishExamCapacityResponse(channels=len(channels), slots=slots)
 
 

@@ -1,24 +1,16 @@
 """Validation and scope: bad input changes nothing; others' resources do not exist."""
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from scheduling.v1 import scheduling_service_pb2 as pb
 from services.common.auth import Role
 from services.scheduling.service_layer import jobs
 
-from .conftest import session, timedelta, today
+from .conftest import field_violations, session, timedelta, today
 
 
 def _violations(err) -> set[str]:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                bad = error_details_pb2.BadRequest()
-                if detail.Unpack(bad):
-                    return {v.field for v in bad.field_violations}
-    return set()
+    return {f for f, _ in field_violations(err)}
 
 
 async def test_bad_sessions_are_rejected_whole(stack, app, stub, hospital):
