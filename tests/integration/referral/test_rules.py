@@ -3,21 +3,17 @@ input (nothing written), indicators and the SLA job, against the real database."
 from datetime import date, datetime, timedelta, timezone
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from common.v1 import types_pb2 as common
 from referral.v1 import referral_service_pb2 as api, types_pb2 as rtypes
 from services.referral.service_layer.services import ReferralService
+from tests.support.rpc_errors import field_violations
 
 from .world import expect_error, pdate
 
 
 def _violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    raw = dict(error.trailing_metadata())["grpc-status-details-bin"]
-    status = status_pb2.Status.FromString(raw)
-    bad = error_details_pb2.BadRequest()
-    status.details[0].Unpack(bad)
-    return {v.field: v.description for v in bad.field_violations}
+    return dict(field_violations(error))
 
 
 async def _counts(pool):

@@ -10,7 +10,6 @@ from datetime import date, datetime, timedelta
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from common.v1 import event_pb2, types_pb2
 from referral.v1 import events_pb2 as revents
@@ -87,17 +86,6 @@ async def events(app, hospital):
     await sub.unsubscribe()
 
 
-def field_violations(err: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    """The (field, description) pairs of a refused call's google.rpc.BadRequest."""
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                bad = error_details_pb2.BadRequest()
-                if detail.Unpack(bad):
-                    return [(v.field, v.description) for v in bad.field_violations]
-    return []
-
-
 def today() -> date:
     return calendar.local_date(datetime.now(calendar.LOCAL))
 
@@ -156,5 +144,5 @@ async def accept(app, snapshot, occurred: datetime | None = None) -> str:
     return await publish_event(app, revents.ReferralAccepted(referral=snapshot), snapshot, occurred)
 
 
-__all__ = ["admission", "accept", "consultation", "exam", "field_violations", "pdate", "publish_event", "referral", "session", "today",
+__all__ = ["admission", "accept", "consultation", "exam", "pdate", "publish_event", "referral", "session", "today",
            "timedelta"]

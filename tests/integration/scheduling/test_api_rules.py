@@ -5,8 +5,9 @@ import pytest
 from scheduling.v1 import scheduling_service_pb2 as pb
 from services.common.auth import Role
 from services.scheduling.service_layer import jobs
+from tests.support.rpc_errors import field_violations
 
-from .conftest import field_violations, session, timedelta, today
+from .conftest import session, timedelta, today
 
 
 def _violations(err) -> set[str]:

@@ -2,29 +2,19 @@
 exam channel may not change its department, doctor, place or modality."""
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
+from tests.support.rpc_errors import reason
 
 from .conftest import exam, pdate, referral, session, timedelta, today
-
-
-def _reason(err) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info.reason
-    return ""
 
 
 async def _refused(call, *fields: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert _reason(err.value) == "CAPACITY_BOOKED"
+    assert reason(err.value) == "CAPACITY_BOOKED"
     for f in fields:
         assert f in err.value.details()
 

@@ -9,8 +9,9 @@ import pytest
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
 from services.scheduling.domain import calendar
+from tests.support.rpc_errors import field_violations
 
-from .conftest import field_violations, pdate, timedelta, today
+from .conftest import pdate, timedelta, today
 
 CT64, CT16 = "CT-64排", "CT-16排"
 
