@@ -1,17 +1,21 @@
 """``python -m benchmarks.scheduler [--quick] [--time-limit S] [--pas-time-limit S]
-[--pas-instance testdata01 ...] [--skip-growth] [--skip-pas]``
+[--pas-instance testdata01 ...] [--skip-growth] [--skip-pas] [--skip-bedboard]``
 
-Figures, not tests: prints the tables and writes ``reports/bench-scheduler.json``.
+Figures, not tests: prints the tables and writes ``reports/bench-scheduler.json``. The
+bed board figures need PostgreSQL (``bedboard.py``); the engine's do not.
 """
 
 from __future__ import annotations
 
 
 import argparse
+import asyncio
 import json
 import os
 from pathlib import Path
 
+from .bedboard import BedBoardConfig
+from .bedboard import run as run_bedboard
 from .runner import DEFAULT_PAS_DIR, BenchConfig, run_all
 
 
@@ -26,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--skip-growth", action="store_true")
     ap.add_argument("--skip-pas", action="store_true")
+    ap.add_argument("--skip-bedboard", action="store_true", help="leave out the bed board call (needs PostgreSQL)")
     ap.add_argument("--out", default="reports/bench-scheduler.json")
     args = ap.parse_args(argv)
     cfg = BenchConfig.quick() if args.quick else BenchConfig.full()
@@ -40,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
         pas=not args.skip_pas,
     )
     report = run_all(cfg, echo=print)
+    if not args.skip_bedboard:
+        board = BedBoardConfig.quick() if args.quick else BedBoardConfig.full()
+        report["bed_board"] = asyncio.run(run_bedboard(board, echo=print))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))

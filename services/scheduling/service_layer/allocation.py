@@ -33,8 +33,9 @@ from services.scheduling.settings import SchedulerSettings
 log = get_logger(__name__)
 
 SOLVES = Histogram("scheduling_solve_seconds", "Allocation engine runs, by what asked for one "
-                   "(allocate, reoptimise, reschedule) and whether the answer was proven optimal "
-                   "(OPTIMAL, or FEASIBLE when the time limit came first).",
+                   "(allocate, reoptimise, reschedule, displace: the bookings a bed board change moves) "
+                   "and whether the answer was proven optimal (OPTIMAL, or FEASIBLE when the time limit "
+                   "came first).",
                    ("kind", "status"), buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0))
 OUTCOMES = Counter("scheduling_allocations_total", "Referrals booked (at acceptance or from the waitlist) or put "
                    "on the waitlist (by reason code).", ("outcome",))

@@ -70,8 +70,8 @@ async def _move_bookings_off(conn, sched: Scheduler, bed, status: BedStatus, dis
            AND (bi.first_night > $2 OR bi.first_night = $2 AND NOT $5)
          GROUP BY bi.booking_id ORDER BY min(bi.first_night), bi.booking_id""",
                             bed["bed_id"], today, free_from, bed["held_booking_id"], status == BedStatus.OCCUPIED)
-    for r in rows:
-        await bookings.displace(conn, sched, await repo.get_booking(conn, r["booking_id"], for_update=True))
+    await bookings.displace(conn, sched, [await repo.get_booking(conn, r["booking_id"], for_update=True)
+                                          for r in rows])
 
 
 async def hold(conn, bed_id: str, hospital_id: str | None, booking_id: str) -> None:

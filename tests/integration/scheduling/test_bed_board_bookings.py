@@ -1,11 +1,17 @@
 """The bed board records what happens on the ward; the bookings on a bed that will not be
 free follow it (moved, or waitlisted), and a no-show's admission gives back its stay."""
 import asyncio
+from dataclasses import dataclass, replace
 
 from referral.v1 import events_pb2 as revents
 from scheduling.v1 import events_pb2, scheduling_service_pb2 as pb
 from services.common.auth import Role
+from services.scheduling import engine
 from services.scheduling.domain import calendar
+from services.scheduling.domain.beds import BedStatus
+from services.scheduling.service_layer import bedboard
+from services.scheduling.service_layer.allocation import Scheduler
+from tests.support.metrics import metric
 
 from .conftest import admission, pdate, publish_event, referral, timedelta, today
 
@@ -125,3 +131,138 @@ async def test_an_admission_no_show_gives_back_the_rest_of_the_stay(stack, app, 
     assert board.beds[0].status == pb.BED_STATUS_FREE and board.beds[0].booked_nights == 1
     got = await stub.GetBooking(pb.GetBookingRequest(name=result.booking.name), metadata=desk)
     assert got.state == pb.BOOKING_STATE_NO_SHOW and got.items[0].nights == 5
+
+
+async def _ward(stub, stack, hospital, *beds: str):
+    """One ward, one room of these beds (any gender), every bed but the first blocked: the
+    admissions booked next all land on the first."""
+    manager = stack.metadata(hospital, Role.BED_MANAGER)
+    await stub.UpsertBeds(pb.UpsertBedsRequest(hospital_id=hospital, wards=[pb.Ward(
+        ward_id=f"{hospital}-W1", department="cardiology", name="心内科一病区",
+        place=events_pb2.Place(building="住院楼", floor="5层"), rooms=[pb.WardRoom(
+            room_id=f"{hospital}-R1", label="501", capacity=len(beds), gender_policy=pb.GENDER_POLICY_ANY,
+            beds=[pb.BedSpec(bed_id=f"{hospital}-{b}", label=f"{b}床") for b in beds])])]), metadata=manager)
+    for b in beds[1:]:
+        await stub.UpdateBedStatus(pb.UpdateBedStatusRequest(bed_id=f"{hospital}-{b}", status=pb.BED_STATUS_BLOCKED),
+                                   metadata=manager)
+
+
+async def _one_night_on(stack, stub, hospital, days: list, bed: str) -> tuple[str, str]:
+    snap = referral(hospital, admission(nights=1), dates=days)
+    result = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=snap),
+                                         metadata=stack.metadata("scheduler", Role.SERVICE))
+    assert not result.waitlisted and result.booking.items[0].bed == f"{bed}床"
+    return snap.referral_id, result.booking.booking_id
+
+
+async def _free_from(stack, stub, hospital, bed: str, day) -> None:
+    """A blocked bed back in use, its patient leaving on `day`: bookable from that night on."""
+    manager = stack.metadata(hospital, Role.BED_MANAGER)
+    await stub.UpdateBedStatus(pb.UpdateBedStatusRequest(bed_id=f"{hospital}-{bed}", status=pb.BED_STATUS_FREE),
+                               metadata=manager)
+    await stub.UpdateBedStatus(pb.UpdateBedStatusRequest(bed_id=f"{hospital}-{bed}", status=pb.BED_STATUS_OCCUPIED,
+                                                         expected_discharge_date=pdate(day)), metadata=manager)
+
+
+async def _block(stack, stub, hospital, bed: str) -> None:
+    await stub.UpdateBedStatus(pb.UpdateBedStatusRequest(bed_id=f"{hospital}-{bed}", status=pb.BED_STATUS_BLOCKED),
+                               metadata=stack.metadata(hospital, Role.BED_MANAGER))
+
+
+async def _four_on_b0_two_nights_free(stack, stub, hospital) -> tuple[list, object]:
+    """Four admissions on B0 (nights 1 to 4, each patient free on any of them); B1 and B2
+    have only night 4 free once B0 is gone."""
+    days = [today() + timedelta(days=i) for i in range(1, 5)]
+    await _ward(stub, stack, hospital, "B0", "B1", "B2")
+    booked = [await _one_night_on(stack, stub, hospital, days, "B0") for _ in days]
+    for bed in ("B1", "B2"):
+        await _free_from(stack, stub, hospital, bed, days[-1])
+    return booked, days[-1]
+
+
+async def _two_moved_two_waitlisted(app, hospital, booked, night) -> None:
+    """Two moved, one to each free bed-night; the other two cancelled and waitlisted; each told once."""
+    async with app.ctx.pool.acquire() as conn:
+        states = {r["booking_id"]: r["state"] for r in await conn.fetch(
+            "SELECT booking_id, state FROM bookings WHERE booking_id = ANY($1::text[])", [b for _, b in booked])}
+        nights = await conn.fetch("""
+            SELECT n.bed_id, n.night, bi.booking_id FROM bed_nights n JOIN booking_items bi USING (item_id)
+             WHERE bi.booking_id = ANY($1::text[])""", [b for _, b in booked])
+        waitlisted = await conn.fetch("SELECT state, reason_code FROM referrals WHERE referral_id = ANY($1::text[]) "
+                                      "AND state = 'WAITLISTED'", [r for r, _ in booked])
+    moved = [b for b, s in states.items() if s in ("TENTATIVE", "CONFIRMED")]
+    assert len(moved) == 2 and list(states.values()).count("CANCELLED") == 2
+    assert sorted((n["bed_id"], n["night"]) for n in nights) == [(f"{hospital}-B1", night), (f"{hospital}-B2", night)]
+    assert sorted(n["booking_id"] for n in nights) == sorted(moved)
+    assert [r["reason_code"] for r in waitlisted] == ["BED_UNAVAILABLE"] * 2
+    for referral_id, booking_id in booked:
+        told = await _told(app, referral_id)
+        if booking_id in moved:
+            assert told[1:] == ["BookingRescheduled"]
+        else:
+            assert told[1:] == ["BookingCancelled", "ReferralWaitlisted"]
+
+
+async def test_a_blocked_bed_moves_as_many_admissions_as_there_are_free_beds_and_waitlists_the_rest(
+        stack, app, stub, hospital):
+    booked, night = await _four_on_b0_two_nights_free(stack, stub, hospital)
+    solves = metric("scheduling_solve_seconds_count", kind="displace")
+    await _block(stack, stub, hospital, "B0")
+    # One engine run for the four, inside the bed manager's call.
+    assert metric("scheduling_solve_seconds_count", kind="displace") - solves == 1
+    await _two_moved_two_waitlisted(app, hospital, booked, night)
+
+
+@dataclass
+class _DoubleBookingEngine(Scheduler):
+    """An engine run for displaced bookings that puts every admission on the first one's
+    bed and nights, as a writer past the hospital's lock could make it look."""
+
+    async def solve(self, problem, kind):
+        solution = await super().solve(problem, kind)
+        if kind != "displace":
+            return solution
+        first = next(a for a in solution.assignments if a.kind == engine.ItemKind.ADMISSION)
+        return replace(solution, assignments=tuple(
+            replace(a, resource_id=first.resource_id, day=first.day, nights=first.nights)
+            if a.kind == engine.ItemKind.ADMISSION else a for a in solution.assignments))
+
+
+async def test_a_bed_night_given_twice_by_the_joint_run_is_refused_and_each_booking_displaced_on_its_own(
+        stack, app, stub, hospital):
+    booked, night = await _four_on_b0_two_nights_free(stack, stub, hospital)
+    joint, one_by_one = (metric("scheduling_solve_seconds_count", kind=k) for k in ("displace", "reschedule"))
+    async with app.ctx.pool.acquire() as conn, conn.transaction():
+        await bedboard.update_status(conn, _DoubleBookingEngine(), f"{hospital}-B0", hospital, BedStatus.BLOCKED, None)
+    # The bed-night key refused the joint plan; the four went through the engine again, one by one.
+    assert metric("scheduling_solve_seconds_count", kind="displace") - joint == 1
+    assert metric("scheduling_solve_seconds_count", kind="reschedule") - one_by_one == 4
+    await _two_moved_two_waitlisted(app, hospital, booked, night)
+
+
+async def test_admissions_displaced_together_are_placed_together(stack, app, stub, hospital):
+    """On B0: P on night 1 (free on nights 1, 3 or 4) and Q on night 3 (night 3 only). B1
+    is free from night 3. Placing P first, by its earliest night, would give it night 3 and
+    leave Q without a bed; placed together, P takes night 4 and both keep their admission."""
+    d1, d3, d4 = (today() + timedelta(days=i) for i in (1, 3, 4))
+    await _ward(stub, stack, hospital, "B0", "B1")
+    q = await _one_night_on(stack, stub, hospital, [d3], "B0")
+    p = await _one_night_on(stack, stub, hospital, [d1, d3, d4], "B0")
+    assert await _first_night(app, p[1]) == d1
+    await _free_from(stack, stub, hospital, "B1", d3)
+    await _block(stack, stub, hospital, "B0")
+    for (referral_id, booking_id), night in ((p, d4), (q, d3)):
+        assert await _bed_of(app, booking_id) == [f"{hospital}-B1"]
+        assert await _first_night(app, booking_id) == night
+        assert (await _told(app, referral_id))[1:] == ["BookingRescheduled"]
+
+
+async def _first_night(app, booking_id: str):
+    return await app.ctx.pool.fetchval("SELECT min(night) FROM bed_nights n JOIN booking_items bi USING (item_id) "
+                                       "WHERE bi.booking_id = $1", booking_id)
+
+
+async def _told(app, referral_id: str) -> list[str]:
+    """The referral's events in the order written (one transaction's share a created_at)."""
+    rows = await app.ctx.pool.fetch("SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY seq", referral_id)
+    return [r["event_type"].split(".")[-1] for r in rows]
