@@ -130,7 +130,7 @@ async def _hospital(pool: asyncpg.Pool, sched: Scheduler, departments: int, spar
                     hospital_id=hospital, sessions=sessions[k:k + 2000]))
             await resources.upsert_beds(conn, pb.UpsertBedsRequest(hospital_id=hospital, wards=[pb.Ward(
                 ward_id=f"{hospital}-W1", department="cardiology", name="心内科一病区",
-                place=events_pb2.Place(building="住院楼", floor="5层"), rooms=rooms)]))
+                place=events_pb2.Place(building="住院楼", floor="5层"), rooms=rooms)]), today)
         # The spare beds are out of use while the admissions are booked, so all land on B0.
         await _set_beds(conn, sched, hospital, spare_ids, BedStatus.BLOCKED)
         for i in range(n):

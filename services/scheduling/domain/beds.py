@@ -1,10 +1,12 @@
-"""The bed board: the states a bed moves through and which nights it can be booked.
+"""The bed board: the states a bed moves through and which nights it can be booked; and
+which changes of a ward, room or bed a patient booked on it can take.
 
 UpdateBedStatus may move a bed only along these edges; HELD is entered and left through
 HoldBed / ReleaseBedHold (a hold names a booking) or by the admission itself.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from enum import Enum
 
@@ -62,3 +64,41 @@ def first_bookable_night(status: BedStatus, expected_discharge: date | None, tod
     if status == BedStatus.OCCUPIED and expected_discharge is not None:
         return max(today, expected_discharge)
     return None
+
+
+@dataclass(frozen=True)
+class BookedPatient:
+    """What a live admission asked of its bed, as its referral says: which of a ward's,
+    room's or bed's changes it can take (UpsertBeds refuses the others)."""
+    gender: str | None = None  # "MALE" / "FEMALE", spelled as a room's gender policy
+    age: int | None = None
+    required_equipment: frozenset[str] = frozenset()
+    green_channel: bool = False
+
+
+def keeps_gender_policy(new: str, patient: BookedPatient) -> bool:
+    """A room's new gender policy still fits a patient booked in it only if it makes the
+    room single-sex for the patient's own sex. Any other change turns the patient away
+    (the other sex only) or may put the other sex beside them: a mixed room, or one of a
+    single sex per night, which holds only against the sexes the bookings record."""
+    return new in ("MALE", "FEMALE") and patient.gender == new
+
+
+def keeps_equipment(old: list[str], new: list[str], patient: BookedPatient) -> bool:
+    """Only equipment the admission required was promised; what it merely preferred, or
+    what was added, changes nothing for it."""
+    return not (set(old) - set(new)) & patient.required_equipment
+
+
+def keeps_pool(new: str, patient: BookedPatient) -> bool:
+    """A bed going beyond the reservation (overflow) is the green channel's only; any
+    referral may use a reserved one."""
+    return new == "reserved" or patient.green_channel
+
+
+def keeps_min_age(new: int | None, patient: BookedPatient) -> bool:
+    return new is None or patient.age is None or patient.age >= new
+
+
+def keeps_max_age(new: int | None, patient: BookedPatient) -> bool:
+    return new is None or patient.age is None or patient.age <= new

@@ -151,7 +151,7 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         hospital_scope(request.hospital_id, Role.BED_MANAGER, Role.REFERRAL_DESK, Role.SERVICE)
         async with self.pool.acquire() as conn, conn.transaction():
             await repo.lock_hospital(conn, request.hospital_id)
-            out = await resources.upsert_beds(conn, request)
+            out = await resources.upsert_beds(conn, request, calendar.local_date(self.sched.clock()))
         self.sched.on_capacity_freed(request.hospital_id)
         return out
 

@@ -124,8 +124,11 @@ async def write_items(conn, booking_id: str, demand: ea.Demand, assignments, hor
                                     place_no=place, instruction=demand.verdict.instruction(need_id))
 
 
-async def _hold_today_beds(conn, booking, horizon: ea.Horizon) -> None:
-    """An admission that starts today gets its bed held on the board and the patient told."""
+async def hold_today_beds(conn, booking, horizon: ea.Horizon) -> None:
+    """An admission that starts today gets its bed held on the board and the patient told:
+    whether just booked or moved there (a reschedule, a displacement, a re-optimisation),
+    or a walk-in could be given the bed before the referred patient arrives. The bed
+    held before a move is released by the mover (release_held_bed), as cancel releases it."""
     rows = await conn.fetch("SELECT bi.bed_id, bi.first_night FROM booking_items bi WHERE bi.booking_id = $1 "
                             "AND bi.kind = 'ADMISSION' AND bi.first_night = $2", booking["booking_id"], horizon.today)
     for r in rows:
@@ -168,7 +171,7 @@ async def _book(conn, snapshot: rtypes.ReferralSnapshot, demand: ea.Demand, solu
     env = await outbox.add(conn, event, aggregate_id=snapshot.referral_id, hospital_id=snapshot.hospital_id,
                            request_id=request_id)
     await repo.set_scheduled_event(conn, booking_id, env.event_id)
-    await _hold_today_beds(conn, booking, horizon)
+    await hold_today_beds(conn, booking, horizon)
     OUTCOMES.labels("BOOKED").inc()
     return booking_id
 
@@ -388,7 +391,7 @@ async def _move(conn, moved, demands, solution, horizon) -> None:
         if event_id is None or not await outbox.rewrite_unsent(
                 conn, str(event_id), await _scheduled_event(conn, b), aggregate_id=rid, hospital_id=b["hospital_id"]):
             await add_rescheduled(conn, b, previous[b["booking_id"]], "为让候补患者尽早就诊，调整了预约")
-        await _hold_today_beds(conn, b, horizon)
+        await hold_today_beds(conn, b, horizon)
 
 
 async def release_held_bed(conn, booking_id: str) -> None:

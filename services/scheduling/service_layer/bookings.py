@@ -15,7 +15,7 @@ from services.scheduling.domain import calendar
 from services.scheduling.service_layer import engine_adapter as ea
 from services.scheduling.service_layer import rendering
 from services.scheduling.service_layer.allocation import (
-    WAITLIST_NOTE, PlaceGone, Scheduler, add_rescheduled, release_held_bed, waitlist, write_items)
+    WAITLIST_NOTE, PlaceGone, Scheduler, add_rescheduled, hold_today_beds, release_held_bed, waitlist, write_items)
 
 log = get_logger(__name__)
 
@@ -106,6 +106,7 @@ async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, 
     await conn.execute("UPDATE referrals SET snapshot = $2, updated_at = now() WHERE referral_id = $1",
                        snapshot.referral_id, snapshot.SerializeToString())
     await add_rescheduled(conn, booking, previous, reason or "按患者要求改约", request_id)
+    await hold_today_beds(conn, booking, horizon)
 
 
 BED_UNAVAILABLE = "BED_UNAVAILABLE"
@@ -158,6 +159,7 @@ async def displace(conn, sched: Scheduler, displaced: list) -> set[str]:
     for b in displaced:
         if b["referral_id"] in placed:
             await add_rescheduled(conn, b, previous[b["booking_id"]], _MOVED)
+            await hold_today_beds(conn, b, horizon)
         else:
             await _cancel_displaced(conn, b)
     return {b["booking_id"] for b in moved}

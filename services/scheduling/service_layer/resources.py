@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
-
+from referral.v1 import types_pb2 as rtypes
 from scheduling.v1 import scheduling_service_pb2 as pb
 from services.common.errors import FailedPrecondition, Violations
 from services.scheduling.adapters import repository as repo
-from services.scheduling.domain import calendar, devices, preparation
+from services.scheduling.domain import beds, calendar, devices, preparation
 from services.scheduling.domain.policy import (
     MIN_OUTPATIENT_SHARE, URGENT_WINDOW_HOURS, ReservationPolicy, default_policy, distribute, spread)
 
@@ -128,29 +131,109 @@ async def _replace_slots(conn, hospital_id: str, resource_type: str, where: str,
     return True
 
 
-# What a patient with a live booking was told besides the time: where, whom, what. The
-# columns of sessions / exam_channels, with the request field that sets each.
-_TOLD = {"department": ("department", "科室"), "doctor_id": ("doctor_id", "医生"), "modality": ("modality", "检查类型"),
-         "building": ("place.building", "楼栋"), "floor": ("place.floor", "楼层"), "room": ("place.room", "房间")}
+@dataclass(frozen=True)
+class _Told:
+    """Something of booked capacity that a live booking relies on: the request field that
+    sets it ("": the item's place in the request), its name in the refusal, and which
+    changes still leave a booking what it relied on (None: none; given the old value, the
+    new one and the booked patient)."""
+    field: str
+    text: str
+    keeps: Callable[[Any, Any, beds.BookedPatient], bool] | None = None
 
 
-async def _refuse_changes_once_booked(conn, table: str, key: str,
-                                     wanted: dict[str, tuple[str, dict[str, str]]]) -> None:
-    """Refuses to change what live bookings' patients were told (wanted: id -> (request
-    path, column -> new value)): they would go to the old room from their message while
-    GetBooking shows the new one. Unbooked capacity may change freely."""
-    if not wanted:
-        return
-    columns = list(next(iter(wanted.values()))[1])
-    rows = await conn.fetch(f"""
-        SELECT x.{key} AS id, {", ".join(f"x.{c}" for c in columns)} FROM {table} x
-         WHERE x.{key} = ANY($1::text[]) AND EXISTS (
-               SELECT 1 FROM slots s JOIN booking_items bi USING (slot_id) JOIN bookings bk USING (booking_id)
-                WHERE s.{key} = x.{key} AND bk.state IN ('TENTATIVE', 'CONFIRMED'))""", list(wanted))
-    changed = [f"{wanted[r['id']][0]}.{_TOLD[c][0]}（{_TOLD[c][1]}）" for r in rows for c in columns
-               if r[c] != wanted[r["id"]][1][c]]
-    if changed:
-        raise FailedPrecondition(f"已有转诊预约，不能修改{'、'.join(changed)}；请先改约或取消相关预约",
+@dataclass(frozen=True)
+class _Bookable:
+    """A kind of capacity: its key, the joins from one of its rows (x) to the booking
+    items (bi) placed on it, and what a live booking on it relies on, by column."""
+    key: str
+    items: str
+    told: dict[str, _Told]
+
+    @property
+    def from_today(self) -> bool:
+        """Whether only items with a night from today ($2) on count."""
+        return "$2" in self.items
+
+
+# What a patient was told besides the time (where, whom, what) may not change under a live
+# booking: they would go to the old place from their message while GetBooking shows the
+# new one. Of a ward, room or bed also what the admission was placed for: the patient's sex
+# and age, the equipment required, the reservation's pool. A change that every booked
+# patient still fits (a room made single-sex for their own sex, equipment added or only
+# preferred, a bed back in the reservation, age limits they are inside) takes nothing from
+# them, so a bed manager reorganising a ward is refused only where it would strand someone.
+# Of a stay only its nights from today on rely on the bed: a night before today is over,
+# and a booking whose nights all are (its patient came or did not) holds nothing back.
+_SLOT_ITEMS = "JOIN slots s ON s.{key} = x.{key} JOIN booking_items bi USING (slot_id)"
+_BED_ITEMS = "JOIN bed_nights n ON n.bed_id = {bed}.bed_id AND n.night >= $2 JOIN booking_items bi USING (item_id)"
+_PLACE = {"building": _Told("place.building", "楼栋"), "floor": _Told("place.floor", "楼层")}
+_BOOKABLE = {
+    "sessions": _Bookable("session_id", _SLOT_ITEMS.format(key="session_id"), {
+        "department": _Told("department", "科室"), "doctor_id": _Told("doctor_id", "医生"), **_PLACE,
+        "room": _Told("place.room", "房间")}),
+    "exam_channels": _Bookable("channel_id", _SLOT_ITEMS.format(key="channel_id"), {
+        "modality": _Told("modality", "检查类型"), **_PLACE, "room": _Told("place.room", "房间")}),
+    "wards": _Bookable("ward_id", "JOIN rooms r ON r.ward_id = x.ward_id JOIN beds b ON b.room_id = r.room_id "
+                       + _BED_ITEMS.format(bed="b"), {
+        "department": _Told("department", "科室"), "name": _Told("name", "病区名称"), **_PLACE,
+        "min_age": _Told("min_age", "最小年龄", lambda old, new, p: beds.keeps_min_age(new, p)),
+        "max_age": _Told("max_age", "最大年龄", lambda old, new, p: beds.keeps_max_age(new, p))}),
+    "rooms": _Bookable("room_id", "JOIN beds b ON b.room_id = x.room_id " + _BED_ITEMS.format(bed="b"), {
+        "ward_id": _Told("", "所在病区"), "label": _Told("label", "房间号"),
+        "gender_policy": _Told("gender_policy", "性别安排", lambda old, new, p: beds.keeps_gender_policy(new, p)),
+        "equipment": _Told("equipment", "设备", beds.keeps_equipment)}),
+    "beds": _Bookable("bed_id", _BED_ITEMS.format(bed="x"), {
+        "room_id": _Told("", "所在房间"), "label": _Told("label", "床号"),
+        "pool": _Told("overflow", "预留/绿色通道床位池", lambda old, new, p: beds.keeps_pool(new, p))}),
+}
+_SEX = {rtypes.GENDER_MALE: "MALE", rtypes.GENDER_FEMALE: "FEMALE"}
+
+
+def _booked_patient(snapshot: bytes, need_id: str) -> beds.BookedPatient:
+    s = rtypes.ReferralSnapshot.FromString(snapshot)
+    need = next((n.admission for n in s.needs if n.need_id == need_id and n.WhichOneof("kind") == "admission"), None)
+    return beds.BookedPatient(_SEX.get(s.patient.gender), s.patient.age_years or None,
+                              frozenset(need.required_equipment if need is not None else ()), s.green_channel)
+
+
+async def _refuse_changes_once_booked(conn, changes: dict[str, dict[str, tuple[str, dict[str, Any]]]],
+                                     today: date | None = None) -> None:
+    """Refuses to change what live bookings rely on (changes: table -> id -> (request path,
+    column -> new value)), naming each field and how many bookings rely on it. Unbooked
+    capacity may change freely. `today` (beds, rooms and wards): the first night that counts."""
+    refused = []
+    for table, wanted in changes.items():
+        if not wanted:
+            continue
+        kind = _BOOKABLE[table]
+        columns = list(next(iter(wanted.values()))[1])
+        stored = {r["id"]: r for r in await conn.fetch(
+            f"SELECT {kind.key} AS id, {', '.join(columns)} FROM {table} WHERE {kind.key} = ANY($1::text[])",
+            list(wanted))}
+        changed = {i: [c for c in columns if stored[i][c] != new[c]] for i, (_, new) in wanted.items() if i in stored}
+        changed = {i: cs for i, cs in changed.items() if cs}
+        if not changed:
+            continue
+        args = [list(changed)]
+        if kind.from_today:
+            args.append(today)
+        booked: dict[str, list[beds.BookedPatient]] = {}
+        for r in await conn.fetch(f"""
+                SELECT DISTINCT x.{kind.key} AS id, bk.booking_id, bi.need_id, ref.snapshot
+                  FROM {table} x {kind.items} JOIN bookings bk USING (booking_id) JOIN referrals ref USING (referral_id)
+                 WHERE x.{kind.key} = ANY($1::text[]) AND bk.state IN ('TENTATIVE', 'CONFIRMED')""",
+                                  *args):
+            booked.setdefault(r["id"], []).append(_booked_patient(r["snapshot"], r["need_id"]))
+        for i, cs in changed.items():
+            path, new = wanted[i]
+            for c in cs:
+                told = kind.told[c]
+                n = sum(told.keeps is None or not told.keeps(stored[i][c], new[c], p) for p in booked.get(i, ()))
+                if n:
+                    refused.append(f"{path}{'.' if told.field else ''}{told.field}（{told.text}，{n}个有效预约）")
+    if refused:
+        raise FailedPrecondition(f"已有转诊预约，不能修改{'、'.join(refused)}；请先改约或取消相关预约",
                                  reason="CAPACITY_BOOKED")
 
 
@@ -199,10 +282,10 @@ async def publish_sessions(conn, req: pb.PublishSessionsRequest) -> pb.PublishSe
         if s.session_id in taken:
             v.add(f"sessions[{i}].session_id", "该编号已被其他医院使用")
     v.raise_if_any()
-    await _refuse_changes_once_booked(conn, "sessions", "session_id", {
+    await _refuse_changes_once_booked(conn, {"sessions": {
         s.session_id: (f"sessions[{i}]", {"department": s.department.strip(), "doctor_id": s.doctor_id,
                                           "building": s.place.building, "floor": s.place.floor, "room": s.place.room})
-        for i, s in enumerate(req.sessions)})
+        for i, s in enumerate(req.sessions)}})
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     slots = places = 0
     for s, day, reserved in plans:
@@ -309,10 +392,10 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest,
     # one a concurrent request is just creating included, which no row lock could (there
     # is no row to lock yet); a concurrent publish waits, then reads this one's windows.
     await _refuse_device_clashes(conn, req, known, days, today)
-    await _refuse_changes_once_booked(conn, "exam_channels", "channel_id", {
+    await _refuse_changes_once_booked(conn, {"exam_channels": {
         c.channel_id: (f"channels[{i}]", {"modality": c.modality, "building": c.place.building,
                                           "floor": c.place.floor, "room": c.place.room})
-        for i, c in enumerate(req.channels)})
+        for i, c in enumerate(req.channels)}})
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     for c in channels.values():
         text = preparation.exam_preparation(c.modality, c.fasting_hours, c.contrast_agent,
@@ -353,7 +436,7 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest,
 # --------------------------------------------------------------------------- beds
 
 
-async def upsert_beds(conn, req: pb.UpsertBedsRequest) -> pb.UpsertBedsResponse:
+async def upsert_beds(conn, req: pb.UpsertBedsRequest, today: date) -> pb.UpsertBedsResponse:
     v = Violations()
     check_id(v, req.hospital_id, "hospital_id")
     v.check(len(req.wards) > 0, "wards", "至少一个病区")
@@ -389,31 +472,48 @@ async def upsert_beds(conn, req: pb.UpsertBedsRequest) -> pb.UpsertBedsResponse:
         for other in sorted(await _owned_elsewhere(conn, table, key, list(ids), req.hospital_id)):
             v.add(ids[other], "该编号已被其他医院使用")
     v.raise_if_any()
+    # The rows as written below, by table and id, with each one's place in the request.
+    rows: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {"wards": {}, "rooms": {}, "beds": {}}
+    for i, w in enumerate(req.wards):
+        rows["wards"][w.ward_id] = (f"wards[{i}]", {
+            "department": w.department.strip(), "name": w.name, "building": w.place.building,
+            "floor": w.place.floor, "min_age": w.min_age or None, "max_age": w.max_age or None})
+        for j, r in enumerate(w.rooms):
+            rows["rooms"][r.room_id] = (f"wards[{i}].rooms[{j}]", {
+                "ward_id": w.ward_id, "label": r.label or r.room_id, "gender_policy": GENDER_POLICY[r.gender_policy],
+                "equipment": list(r.equipment)})
+            for k, b in enumerate(r.beds):
+                rows["beds"][b.bed_id] = (f"wards[{i}].rooms[{j}].beds[{k}]", {
+                    "room_id": r.room_id, "label": b.label or b.bed_id,
+                    "pool": "overflow" if b.overflow else "reserved"})
+    await _refuse_changes_once_booked(conn, rows, today)
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     for w in req.wards:
+        ward = rows["wards"][w.ward_id][1]
         await conn.execute("""
             INSERT INTO wards (ward_id, hospital_id, department, name, building, floor, min_age, max_age, specialisms)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             ON CONFLICT (ward_id) DO UPDATE SET department = EXCLUDED.department, name = EXCLUDED.name,
                 building = EXCLUDED.building, floor = EXCLUDED.floor, min_age = EXCLUDED.min_age,
                 max_age = EXCLUDED.max_age, specialisms = EXCLUDED.specialisms""",
-                           w.ward_id, req.hospital_id, w.department.strip(), w.name, w.place.building, w.place.floor,
-                           w.min_age or None, w.max_age or None, list(w.specialisms))
+                           w.ward_id, req.hospital_id, ward["department"], ward["name"], ward["building"],
+                           ward["floor"], ward["min_age"], ward["max_age"], list(w.specialisms))
         for r in w.rooms:
+            room = rows["rooms"][r.room_id][1]
             await conn.execute("""
                 INSERT INTO rooms (room_id, ward_id, label, capacity, gender_policy, equipment)
                 VALUES ($1, $2, $3, $4, $5, $6)
                 ON CONFLICT (room_id) DO UPDATE SET ward_id = EXCLUDED.ward_id, label = EXCLUDED.label,
                     capacity = EXCLUDED.capacity, gender_policy = EXCLUDED.gender_policy,
                     equipment = EXCLUDED.equipment""",
-                               r.room_id, w.ward_id, r.label or r.room_id, r.capacity, GENDER_POLICY[r.gender_policy],
-                               list(r.equipment))
-            await conn.executemany("""
-                INSERT INTO beds (bed_id, hospital_id, room_id, label, pool) VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (bed_id) DO UPDATE SET room_id = EXCLUDED.room_id, label = EXCLUDED.label,
-                    pool = EXCLUDED.pool""",
-                                   [(b.bed_id, req.hospital_id, r.room_id, b.label or b.bed_id,
-                                     "overflow" if b.overflow else "reserved") for b in r.beds])
+                               r.room_id, room["ward_id"], room["label"], r.capacity, room["gender_policy"],
+                               room["equipment"])
+    await conn.executemany("""
+        INSERT INTO beds (bed_id, hospital_id, room_id, label, pool) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (bed_id) DO UPDATE SET room_id = EXCLUDED.room_id, label = EXCLUDED.label,
+            pool = EXCLUDED.pool""",
+                           [(bed_id, req.hospital_id, bed["room_id"], bed["label"], bed["pool"])
+                            for bed_id, (_, bed) in rows["beds"].items()])
     return pb.UpsertBedsResponse(wards=len(ward_ids), rooms=len(room_ids), beds=len(bed_ids))
 
 

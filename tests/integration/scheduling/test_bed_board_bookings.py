@@ -266,3 +266,65 @@ async def _told(app, referral_id: str) -> list[str]:
     """The referral's events in the order written (one transaction's share a created_at)."""
     rows = await app.ctx.pool.fetch("SELECT event_type FROM outbox WHERE aggregate_id = $1 ORDER BY seq", referral_id)
     return [r["event_type"].split(".")[-1] for r in rows]
+
+
+async def _board(stub, stack, hospital) -> dict[str, tuple[int, str]]:
+    """Each bed's (status, booking it is held for)."""
+    board = await stub.GetBedBoard(pb.GetBedBoardRequest(hospital_id=hospital),
+                                   metadata=stack.metadata(hospital, Role.BED_MANAGER))
+    return {b.bed_id: (b.status, b.held_booking_id) for b in board.beds}
+
+
+async def _bed_ready(app, booking_id: str) -> int:
+    return await app.ctx.pool.fetchval("SELECT count(*) FROM outbox WHERE aggregate_id = $1 AND event_type LIKE "
+                                       "'%.BedReady'", booking_id)
+
+
+async def test_an_admission_displaced_to_a_bed_for_tonight_has_that_bed_held(stack, app, stub, hospital):
+    # Tonight's admission on B1, whose patient leaves today: booked, not held (the bed is not free yet).
+    snap, booking_id = await _booked_on_b1(stack, stub, hospital, today())
+    assert (await _board(stub, stack, hospital))[f"{hospital}-B1"] == (pb.BED_STATUS_OCCUPIED, "")
+    beds = stack.metadata(hospital, Role.BED_MANAGER)
+    await stub.UpdateBedStatus(pb.UpdateBedStatusRequest(bed_id=f"{hospital}-B2", status=pb.BED_STATUS_FREE),
+                               metadata=beds)
+    # B1 is taken out of use: the admission moves to B2 for tonight, which a walk-in must not get.
+    await stub.UpdateBedStatus(pb.UpdateBedStatusRequest(bed_id=f"{hospital}-B1", status=pb.BED_STATUS_BLOCKED),
+                               metadata=beds)
+    assert await _bed_of(app, booking_id) == [f"{hospital}-B2"] and await _first_night(app, booking_id) == today()
+    assert await _board(stub, stack, hospital) == {f"{hospital}-B1": (pb.BED_STATUS_BLOCKED, ""),
+                                                   f"{hospital}-B2": (pb.BED_STATUS_HELD, booking_id)}
+    assert await _bed_ready(app, booking_id) == 1
+    assert (await _told(app, snap.referral_id))[1:] == ["BookingRescheduled"]
+
+
+async def test_a_reschedule_to_tonight_holds_the_new_bed_and_releases_the_old_one(stack, app, stub, hospital):
+    """B1 (room without oxygen) held for tonight's admission; once B2 (with the oxygen the
+    patient prefers) is free, a reschedule moves the admission there: B2 held, B1 free."""
+    beds, desk = stack.metadata(hospital, Role.BED_MANAGER), stack.metadata(hospital, Role.REFERRAL_DESK)
+    await stub.UpsertBeds(pb.UpsertBedsRequest(hospital_id=hospital, wards=[pb.Ward(
+        ward_id=f"{hospital}-W1", department="cardiology", name="心内科一病区",
+        place=events_pb2.Place(building="住院楼", floor="5层"), rooms=[
+            pb.WardRoom(room_id=f"{hospital}-R1", label="501", capacity=1, gender_policy=pb.GENDER_POLICY_ANY,
+                        beds=[pb.BedSpec(bed_id=f"{hospital}-B1", label="1床")]),
+            pb.WardRoom(room_id=f"{hospital}-R2", label="502", capacity=1, gender_policy=pb.GENDER_POLICY_ANY,
+                        equipment=["oxygen"], beds=[pb.BedSpec(bed_id=f"{hospital}-B2", label="2床")])])]),
+        metadata=beds)
+    await _block(stack, stub, hospital, "B2")
+    stay = admission(nights=2)
+    stay.admission.preferred_equipment.append("oxygen")
+    result = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=referral(hospital, stay, dates=[today()])),
+                                         metadata=stack.metadata("scheduler", Role.SERVICE))
+    booking_id = result.booking.booking_id
+    assert result.booking.items[0].bed == "1床"
+    assert (await _board(stub, stack, hospital))[f"{hospital}-B1"] == (pb.BED_STATUS_HELD, booking_id)
+    await stub.UpdateBedStatus(pb.UpdateBedStatusRequest(bed_id=f"{hospital}-B2", status=pb.BED_STATUS_FREE),
+                               metadata=beds)
+    moved = await stub.Reschedule(pb.RescheduleRequest(name=result.booking.name, available_dates=[pdate(today())]),
+                                  metadata=desk)
+    assert moved.items[0].bed == "2床"
+    assert await _board(stub, stack, hospital) == {f"{hospital}-B1": (pb.BED_STATUS_FREE, ""),
+                                                   f"{hospital}-B2": (pb.BED_STATUS_HELD, booking_id)}
+    assert await _bed_ready(app, booking_id) == 2  # one per bed the patient was sent to
+    # Cancelled, the booking gives the held bed back.
+    await stub.CancelBooking(pb.CancelBookingRequest(name=result.booking.name), metadata=desk)
+    assert (await _board(stub, stack, hospital))[f"{hospital}-B2"] == (pb.BED_STATUS_FREE, "")

@@ -4,7 +4,9 @@ from datetime import date, datetime, timedelta
 import pytest
 
 from services.scheduling.domain import calendar, preparation
-from services.scheduling.domain.beds import BedStatus, IllegalTransition, can_hold, first_bookable_night, transition
+from services.scheduling.domain.beds import (
+    BedStatus, BookedPatient, IllegalTransition, can_hold, first_bookable_night, keeps_equipment, keeps_gender_policy,
+    keeps_max_age, keeps_min_age, keeps_pool, transition)
 from services.scheduling.domain.policy import URGENT_WINDOW_HOURS, ReservationPolicy, distribute, spread
 
 
@@ -73,6 +75,35 @@ def test_bookable_nights_follow_the_board():
     assert first_bookable_night(BedStatus.OCCUPIED, None, today) is None
     assert first_bookable_night(BedStatus.CLEANING, None, today) is None
     assert can_hold(BedStatus.FREE) and not can_hold(BedStatus.CLEANING)
+
+
+_WOMAN = BookedPatient(gender="FEMALE", age=60, required_equipment=frozenset({"oxygen"}))
+
+
+@pytest.mark.parametrize("new,patient,kept", [
+    ("FEMALE", _WOMAN, True), ("MALE", _WOMAN, False), ("ANY", _WOMAN, False), ("SAME_GENDER", _WOMAN, False),
+    ("FEMALE", BookedPatient(), False)])  # sex unknown: no single-sex room is known to fit
+def test_a_booked_patient_keeps_a_room_made_single_sex_for_their_own_sex_only(new, patient, kept):
+    assert keeps_gender_policy(new, patient) == kept
+
+
+def test_a_booked_admission_relies_on_the_equipment_it_required_only():
+    assert keeps_equipment(["oxygen", "isolation"], ["oxygen"], _WOMAN)
+    assert keeps_equipment(["oxygen"], ["oxygen", "telemetry"], _WOMAN)
+    assert not keeps_equipment(["oxygen", "isolation"], ["isolation"], _WOMAN)
+    assert keeps_equipment(["oxygen"], [], BookedPatient())
+
+
+def test_a_bed_beyond_the_reservation_keeps_green_channel_admissions_only():
+    assert keeps_pool("reserved", _WOMAN)
+    assert not keeps_pool("overflow", _WOMAN)
+    assert keeps_pool("overflow", BookedPatient(green_channel=True))
+
+
+def test_age_limits_keep_the_booked_patients_inside_them():
+    assert keeps_min_age(18, _WOMAN) and keeps_max_age(60, _WOMAN) and keeps_max_age(None, _WOMAN)
+    assert not keeps_min_age(65, _WOMAN) and not keeps_max_age(14, _WOMAN)
+    assert keeps_max_age(14, BookedPatient())
 
 
 def test_exam_preparation_texts():
