@@ -26,16 +26,18 @@ async def save_preferences(conn: asyncpg.Connection, patient_id: str, *, channel
                            wechat_openid: str, consent: bool, opt_out_non_essential: bool,
                            urgent_ignores_quiet_hours: bool, set_by: str,
                            mobile: tuple[str, str, str] | None) -> asyncpg.Record:
-    """`mobile`, when given, is marked as `set_by`'s: referral events no longer replace it (learn)."""
+    """`mobile` and `wechat_openid`, when given, are marked as `set_by`'s: referral events no
+    longer replace them (learn). Preferences without an openid leave it to the referral events."""
     ciphertext, mobile_hash, masked = mobile or (None, None, None)
     return await conn.fetchrow(
         """INSERT INTO contacts (patient_id, channels, wechat_openid, consent, opt_out_non_essential,
                                  urgent_ignores_quiet_hours, preferences_set_by,
-                                 mobile_ciphertext, mobile_hash, mobile_masked, mobile_set_by)
-           VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9, $10, $11)
+                                 mobile_ciphertext, mobile_hash, mobile_masked, mobile_set_by, wechat_openid_set_by)
+           VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9, $10, $11, CASE WHEN $3 <> '' THEN $7 END)
            ON CONFLICT (patient_id) DO UPDATE SET
              channels = EXCLUDED.channels,
-             wechat_openid = EXCLUDED.wechat_openid, consent = EXCLUDED.consent,
+             wechat_openid = EXCLUDED.wechat_openid, wechat_openid_set_by = EXCLUDED.wechat_openid_set_by,
+             consent = EXCLUDED.consent,
              opt_out_non_essential = EXCLUDED.opt_out_non_essential,
              urgent_ignores_quiet_hours = EXCLUDED.urgent_ignores_quiet_hours,
              preferences_set_by = EXCLUDED.preferences_set_by,
@@ -92,8 +94,8 @@ async def record_wechat_choices(conn: asyncpg.Connection, choices: Sequence[tupl
 
 
 async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch: int) -> int:
-    """Clears the number (with its hash and who set it) and the openid (with its template
-    choices) of up to `batch` contacts untouched since `cutoff` whose patient has no referral
+    """Clears the number (with its hash and who set it) and the openid (with who set it and its
+    template choices) of up to `batch` contacts untouched since `cutoff` whose patient has no referral
     event, no appointment and no message in flight since then; returns how many. Preferences stay."""
     return await conn.fetchval(
         """WITH idle AS (
@@ -113,7 +115,7 @@ async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch:
              FOR UPDATE OF c SKIP LOCKED),
            cleared AS (
              UPDATE contacts c SET mobile_ciphertext = NULL, mobile_hash = NULL, mobile_masked = NULL,
-                                   mobile_set_by = NULL, wechat_openid = NULL
+                                   mobile_set_by = NULL, wechat_openid = NULL, wechat_openid_set_by = NULL
              FROM idle WHERE c.patient_id = idle.patient_id
              RETURNING idle.wechat_openid AS openid),
            choices AS (
@@ -125,24 +127,29 @@ async def clear_idle_contacts(conn: asyncpg.Connection, cutoff: datetime, batch:
 # --------------------------------------------------------------------- routes
 
 
+# What a referral event may update of a contact, by the column recording who set it through
+# preferences: a value set there outranks the referral snapshots' (until preferences change it).
+_SET_THROUGH_PREFERENCES = {
+    "mobile_set_by": ("mobile_ciphertext", "mobile_hash", "mobile_masked"),
+    "wechat_openid_set_by": ("wechat_openid",),
+}
+_LEARNED = ",\n".join(
+    f"{column} = COALESCE(CASE WHEN contacts.{set_by} IS NULL THEN EXCLUDED.{column} END, contacts.{column})"
+    for set_by, columns in _SET_THROUGH_PREFERENCES.items() for column in columns)
+
+
 async def learn(conn: asyncpg.Connection, route: Route, sender_id: str, receiver_id: str, *,
                 mobile_ciphertext: str, mobile_hash: str, mobile_masked: str, wechat_openid: str) -> Route:
     """The referral's route and the patient's contact as the referral service last stated
     them, in one statement (one per referral event); returns the route as stored. Preferences
-    set through the API stay, and so does a mobile set through them (until they set another).
-    A cancellation is final: a route once cancelled stays so."""
+    set through the API stay, and so do a mobile and an openid set through them (until they
+    set another). A cancellation is final: a route once cancelled stays so."""
     row = await conn.fetchrow(
-        """WITH contact AS (
+        f"""WITH contact AS (
              INSERT INTO contacts (patient_id, mobile_ciphertext, mobile_hash, mobile_masked, wechat_openid)
              SELECT $2, NULLIF($9, ''), NULLIF($10, ''), NULLIF($11, ''), NULLIF($12, '') WHERE $2 <> ''
              ON CONFLICT (patient_id) DO UPDATE SET
-               mobile_ciphertext = COALESCE(CASE WHEN contacts.mobile_set_by IS NULL
-                                                 THEN EXCLUDED.mobile_ciphertext END, contacts.mobile_ciphertext),
-               mobile_hash = COALESCE(CASE WHEN contacts.mobile_set_by IS NULL
-                                           THEN EXCLUDED.mobile_hash END, contacts.mobile_hash),
-               mobile_masked = COALESCE(CASE WHEN contacts.mobile_set_by IS NULL
-                                             THEN EXCLUDED.mobile_masked END, contacts.mobile_masked),
-               wechat_openid = COALESCE(EXCLUDED.wechat_openid, contacts.wechat_openid),
+               {_LEARNED},
                updated_at = now())
            INSERT INTO referral_routes (referral_id, patient_id, hospital_id, clinic_id, sender_id,
                                         receiver_id, department, urgent, cancelled)
@@ -215,17 +222,17 @@ async def insert_notification(conn: asyncpg.Connection, *, event_id: str, recipi
                               part: str, version: int, route: Route, booking_id: str, essential: bool,
                               urgent: bool, reminder: bool, params: dict, text: str,
                               channel_plan: Sequence[Channel], skip_reason: str | None,
-                              expires_at: datetime | None) -> uuid.UUID | None:
+                              expires_at: datetime | None, covers: Sequence[str] = ()) -> uuid.UUID | None:
     """The new notification's id, or None when this (event, recipient, template, part) exists."""
     return await conn.fetchval(
         """INSERT INTO notifications (id, event_id, recipient, template, part, template_version, referral_id,
              hospital_id, clinic_id, booking_id, essential, urgent, reminder, params, text, channel_plan,
-             skip_reason, expires_at)
-           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14::jsonb,$15,$16,$17,$18)
+             skip_reason, expires_at, covers)
+           VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14::jsonb,$15,$16,$17,$18,$19)
            ON CONFLICT (event_id, recipient, template, part) DO NOTHING RETURNING id""",
         uuid.uuid4(), event_id, recipient, template, part, version, route.referral_id, route.hospital_id,
         route.clinic_id, booking_id, essential, urgent, reminder, json.dumps(params, ensure_ascii=False),
-        text, [c.value for c in channel_plan], skip_reason, expires_at)
+        text, [c.value for c in channel_plan], skip_reason, expires_at, list(covers))
 
 
 async def record_rendering(conn: asyncpg.Connection, notification_id: uuid.UUID, version: int, text: str) -> None:
@@ -253,12 +260,14 @@ async def insert_delivery(conn: asyncpg.Connection, notification_id: uuid.UUID, 
 async def cancel_pending_messages(conn: asyncpg.Connection, referral_id: str, *, booking_id: str = "",
                                   keep_parts: Sequence[str] = (), reason: str) -> int:
     """Cancels the deliveries still waiting of the referral's messages (of one booking's, if
-    given), except the messages of `keep_parts`; returns how many."""
+    given), except the messages of `keep_parts` and those completing one of theirs (covers);
+    returns how many."""
     result = await conn.execute(
         """UPDATE deliveries d SET status = 'CANCELLED', status_reason = $4, updated_at = now()
            FROM notifications n
            WHERE d.notification_id = n.id AND n.referral_id = $1 AND ($2 = '' OR n.booking_id = $2)
-             AND n.part <> ALL($3::text[]) AND d.status IN ('PENDING', 'SENDING')""",
+             AND n.part <> ALL($3::text[]) AND NOT (n.covers && $3::text[])
+             AND d.status IN ('PENDING', 'SENDING')""",
         referral_id, booking_id, list(keep_parts), reason)
     return int(result.split()[-1])
 

@@ -19,6 +19,20 @@ DEFAULT_BRING = "身份证、医保卡、既往检查结果"
 NO_PREPARATION = "无需特殊准备"
 # A change this close to the appointment cannot wait for the morning.
 SOON = timedelta(hours=12)
+# An item's template by its kind, where the kind has its own: the vendors cap one template's
+# sends to a number a day, and a consultation with three exams would exceed it in one template.
+_BY_KIND = {
+    ("appointment_booked", "admission"): "admission_booked",
+    ("appointment_booked", "exam"): "exam_booked",
+    ("appointment_changed", "exam"): "exam_changed",
+    ("reminder_day_before", "admission"): "admission_reminder",
+    ("reminder_day_before", "exam"): "exam_reminder_day_before",
+    ("reminder_2h", "exam"): "exam_reminder_2h",
+}
+
+
+def for_item(template: str, appt: Appointment) -> str:
+    return _BY_KIND.get((template, appt.kind), template)
 
 
 @dataclass(frozen=True)
@@ -115,9 +129,9 @@ class Planner:
                               items: Sequence[Appointment], bring: str, now: datetime) -> list[PlannedMessage]:
         out = []
         for appt in sorted(items, key=lambda a: a.start):
-            key = "admission_booked" if appt.kind == "admission" and template == "appointment_booked" else template
-            out.append(PlannedMessage(key, self.appointment_values(route, appt, bring), part=appt.item_id,
-                                      urgent=self._urgent(route, appt.start, now), booking_id=booking_id))
+            out.append(PlannedMessage(for_item(template, appt), self.appointment_values(route, appt, bring),
+                                      part=appt.item_id, urgent=self._urgent(route, appt.start, now),
+                                      booking_id=booking_id))
             out.extend(self.reminders(route, booking_id, appt, bring, now))
         return self._booking_news(route, out)
 
@@ -129,13 +143,11 @@ class Planner:
         day_before = (local - timedelta(days=1)).replace(hour=h, minute=m, second=0, microsecond=0)
         # "Tomorrow" is wrong once the day has come: the day-before reminder expires at midnight.
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        if appt.kind == "admission":
-            # A day to come in, not a visit: reminded the evening before only, in an admission's words.
-            due = [("admission_reminder", day_before, min(midnight, appt.start))]
-        else:
-            due = [("reminder_day_before", day_before, min(midnight, appt.start)),
-                   ("reminder_2h", appt.start - self.rules.before, appt.start)]
-        return [PlannedMessage(t, values, part=appt.item_id, not_before=at, expires_at=expires,
+        due = [("reminder_day_before", day_before, min(midnight, appt.start))]
+        if appt.kind != "admission":
+            # An admission is a day to come in, not a visit: reminded the evening before only.
+            due.append(("reminder_2h", appt.start - self.rules.before, appt.start))
+        return [PlannedMessage(for_item(t, appt), values, part=appt.item_id, not_before=at, expires_at=expires,
                                booking_id=booking_id, reminder=True)
                 for t, at, expires in due if now < at < expires]
 

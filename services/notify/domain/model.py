@@ -108,6 +108,10 @@ class PlannedMessage:
     expires_at: datetime | None = None
     booking_id: str = ""
     reminder: bool = False
+    # None: as its template says. The instructions message is as essential as what it completes.
+    essential: bool | None = None
+    # The parts whose messages this one completes (their instructions, whole).
+    covers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def _f(s: Settings, name: str, default: float) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
 
 
-def channels_from_settings(s: Settings) -> tuple[Channels, str]:
+def channels_from_settings(s: Settings) -> tuple[Channels, str, int]:
     vendor = s.get("SMS_VENDOR", "aliyun").lower()
     if vendor not in ("aliyun", "tencent"):
         raise ValueError(f"SMS_VENDOR must be aliyun or tencent, got {vendor!r}")
@@ -82,7 +82,7 @@ def channels_from_settings(s: Settings) -> tuple[Channels, str]:
             sdk_app_id=s.get("TENCENT_SMS_SDK_APP_ID"), sign_name=s.get("TENCENT_SMS_SIGN_NAME"),
             region=s.get("TENCENT_SMS_REGION", "ap-guangzhou"))
     limit = int(_f(s, "ALIYUN_SMS_PARAM_MAX", 35) if vendor == "aliyun" else _f(s, "TENCENT_SMS_PARAM_MAX", 12))
-    return Channels(wechat=wechat, sms=sms, sms_param_limit=limit), vendor
+    return Channels(wechat=wechat, sms=sms), vendor, limit
 
 
 class NotifyApp:
@@ -97,7 +97,7 @@ class NotifyApp:
 
     def build(self, ctx: AppContext) -> ServiceParts:
         s = ctx.settings
-        channels, vendor = channels_from_settings(s)
+        channels, vendor, sms_param_limit = channels_from_settings(s)
         hh, mm = (int(x) for x in s.get("NOTIFY_REMINDER_DAY_BEFORE_AT", "18:00").split(":"))
         templates = s.get("NOTIFY_TEMPLATES_FILE")
         catalogue = Catalogue.load(Path(templates) if templates else None)
@@ -108,7 +108,7 @@ class NotifyApp:
             planner=Planner(catalogue, ReminderRules(
                 (hh, mm), timedelta(minutes=_f(s, "NOTIFY_REMINDER_BEFORE_MINUTES", 120)))),
             quiet=QuietHours.parse(s.get("QUIET_HOURS", "21:00-08:00")), sms_vendor=vendor, clock=self.clock,
-            available=available)
+            available=available, sms_param_limit=sms_param_limit)
         settings = DispatchSettings(
             lease=timedelta(seconds=_f(s, "NOTIFY_LEASE_SECONDS", 60)),
             send_timeout=timedelta(seconds=_f(s, "NOTIFY_SEND_TIMEOUT_SECONDS", 30)),

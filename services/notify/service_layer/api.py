@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,12 +15,14 @@ from services.common.errors import NotFound, Violations
 from services.common.pii import PiiCipher, mask_mobile
 from services.notify.adapters import repository as repo
 from services.notify.domain.model import MOBILE_CONTEXT, SHANGHAI, Channel, PlannedMessage
-from services.notify.service_layer.notifications import NotifyConfig, create_notification, derived_id
+from services.notify.service_layer.notifications import NotifyConfig, derived_id, record_messages
 
 _OPENID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _MOBILE = re.compile(r"^1[3-9]\d{9}$")
 _LINK = re.compile(r"(https?://|www\.|\.(com|cn|net|org)\b)", re.I)
-_LONG_DIGITS = re.compile(r"\d{7,}")
+# Seven digits or more, however written: a phone or ID number is read through the spaces,
+# dashes and dots people group it with (full-width forms are folded first).
+_LONG_DIGITS = re.compile(r"\d(?:[\s\-‐‑‒–—―−﹣.·・•]*\d){6,}")
 NOTE_MAX = 20
 
 
@@ -144,7 +147,8 @@ def check_note(v: Violations, note: str) -> None:
     v.check(len(text) <= NOTE_MAX, "note", f"at most {NOTE_MAX} characters (the approved template's limit)")
     v.check(text.isprintable(), "note", "must be one line without control characters")
     v.check(not _LINK.search(text), "note", "must not contain a link (vendors refuse them)")
-    v.check(not _LONG_DIGITS.search(text), "note", "must not contain phone or ID numbers")
+    v.check(not _LONG_DIGITS.search(unicodedata.normalize("NFKC", text)), "note",
+            "must not contain phone or ID numbers")
 
 
 async def send_staff_message(pool: asyncpg.Pool, cfg: NotifyConfig, caller: Caller, *, referral_id: str,
@@ -161,8 +165,9 @@ async def send_staff_message(pool: asyncpg.Pool, cfg: NotifyConfig, caller: Call
         route = repo.route_from(row)
         contact = repo.contact_from(await repo.contact_row(conn, route.patient_id), route.patient_id)
         message = PlannedMessage("staff_message", {"referral_id": referral_id, "note": note.strip()}, urgent=urgent)
-        await create_notification(conn, cfg, event_id=event_id, route=route, message=message, contact=contact,
-                                  now=cfg.clock())
+        # A note the SMS vendor's variable cannot hold goes whole in an instructions message too.
+        await record_messages(conn, cfg, event_id=event_id, route=route, contact=contact, messages=[message],
+                              now=cfg.clock())
         notification_id = await repo.notification_id_for(conn, event_id, route.patient_id, "staff_message", "")
         await audit.record(conn, caller, "SendStaffMessage", f"notifications/{notification_id}", route.patient_id)
     # The reply reads back what this call wrote: its audit row above covers it.

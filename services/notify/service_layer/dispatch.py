@@ -57,7 +57,6 @@ class Channels:
     """The vendor clients in use; a missing one makes its channel unusable."""
     wechat: object | None = None
     sms: object | None = None
-    sms_param_limit: int = 0
 
     async def aclose(self) -> None:
         for client in (self.wechat, self.sms):
@@ -212,7 +211,7 @@ class Dispatcher:
         catalogue keeps no older ones); a message planned under another version is recorded
         with the version and text it goes out with."""
         tpl = self._cfg.catalogue.get(n["template"])
-        rendered = render(tpl, json.loads(n["params"]), sms_param_limit=self._channels.sms_param_limit)
+        rendered = render(tpl, json.loads(n["params"]), sms_param_limit=self._cfg.sms_param_limit)
         if tpl.version != n["template_version"]:
             async with self._pool.acquire() as conn:
                 await repo.record_rendering(conn, n["id"], tpl.version, rendered.text)

@@ -3,26 +3,19 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from notify.v1 import notify_service_pb2 as pb
 from notify.v1 import notify_service_pb2_grpc as pb_grpc
 from referral.v1 import events_pb2 as ref_ev
 from services.common.auth import Role
 from tests.support.membership import publish_members, wait_members
+from tests.support.rpc_errors import field_violations
 
 from .notify_support import Patient, Referral, eventually, new_openid, notify_service, publish, vendor_env
 
 
 def _violations(err: grpc.aio.AioRpcError) -> list[str]:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                bad = error_details_pb2.BadRequest()
-                if detail.Unpack(bad):
-                    return [v.field for v in bad.field_violations]
-    return []
+    return [f for f, _ in field_violations(err)]
 
 
 async def test_api_end_to_end(stack, monkeypatch, vendors, broker):
@@ -131,3 +124,28 @@ async def test_api_end_to_end(stack, monkeypatch, vendors, broker):
                 await stub.GetDeliveryStats(pb.GetDeliveryStatsRequest(), metadata=desk)
             assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert aliyun.accepted == []
+
+
+async def test_a_note_with_a_number_written_in_groups_is_refused_and_sends_nothing(
+        stack, monkeypatch, vendors, broker, db):
+    wechat, aliyun, _ = vendors
+    ref = Referral(Patient(stack))
+    desk = stack.metadata(ref.hospital_id, Role.REFERRAL_DESK)
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (app, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.NotifyServiceStub(channel)
+            await publish(broker, ref_ev.ReferralSubmitted(referral=ref.snapshot()), ref)
+            await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM notify.referral_routes "
+                                                 "WHERE referral_id = $1", ref.referral_id))
+            for note in ("请回电138 1234 5678", "请回电138-1234-5678", "请回电138.1234.5678",
+                         "请回电１３８１２３４５６７８", "请回电１３８－１２３４－５６７８"):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.SendStaffMessage(pb.SendStaffMessageRequest(referral_id=ref.referral_id, note=note),
+                                                metadata=desk)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, note
+                assert _violations(refused.value) == ["note"] and "1234" not in refused.value.details()
+            # Times and rooms are digits too, in short runs: such a note goes.
+            await stub.SendStaffMessage(pb.SendStaffMessageRequest(referral_id=ref.referral_id,
+                                                                   note="请明早8:30到3楼2诊室"), metadata=desk)
+            await eventually(lambda: len(aliyun.accepted) == 1)
+    assert [m["params"]["note"] for m in aliyun.accepted] == ["请明早8:30到3楼2诊室"] and wechat.accepted == []

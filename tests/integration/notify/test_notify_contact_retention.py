@@ -94,44 +94,76 @@ async def _forget_idle(stack) -> None:
         await pool.close()
 
 
+async def _desk_sets_it_twice(stack, monkeypatch, vendors, broker, db, ref: Referral, values: list[str],
+                             request, sent: list) -> None:
+    """The desk sets a contact value through preferences (`request(value)`), then another; after
+    each a referral event carries the referral's own value, and the desk's must stay: the message
+    it causes (one more in `sent`) goes to the desk's."""
+    desk = stack.metadata(ref.hospital_id, Role.REFERRAL_DESK)
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (app, _):
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.NotifyServiceStub(channel)
+            await publish(broker, ref_ev.ReferralSubmitted(referral=ref.snapshot()), ref)
+            await eventually(lambda: _contact(db, ref.patient))
+            events = (ref.accepted(), ref_ev.ReferralReturned(referral=ref.snapshot(), reason="请补充材料"))
+            for count, (value, event) in enumerate(zip(values, events), 1):
+                await stub.SetContactPreferences(request(value), metadata=desk)
+                await publish(broker, event, ref)
+                await eventually(lambda: len(sent) == count)
+
+
+async def _forgotten_then_referred_again(stack, monkeypatch, vendors, broker, db, patient: Patient, sent: list):
+    """The patient's contact as forgotten once idle; their next referral's message is the last of `sent`."""
+    await _age(db, [patient], routes=True)
+    await _forget_idle(stack)
+    gone = await _contact(db, patient)
+    again = Referral(patient)
+    told = len(sent) + 1
+    async with notify_service(stack, monkeypatch, vendor_env(*vendors)):
+        await publish(broker, again.accepted(), again)
+        await eventually(lambda: len(sent) == told)
+    return gone
+
+
 async def test_a_mobile_set_through_preferences_outranks_the_referrals_until_it_is_forgotten(
         stack, monkeypatch, vendors, broker, db):
     _, aliyun, _ = vendors
     patient = Patient(stack)  # the referral snapshots carry patient.mobile
     ref = Referral(patient)
     desk_number, later_desk_number = new_mobile(), new_mobile()
-    desk = stack.metadata(ref.hospital_id, Role.REFERRAL_DESK)
-
-    async def set_mobile(stub, mobile: str) -> None:
-        await stub.SetContactPreferences(pb.SetContactPreferencesRequest(
-            referral_id=ref.referral_id, mobile=mobile, preferences=pb.ContactPreferences(
-                patient_id=patient.patient_id, consent=True, urgent_ignores_quiet_hours=True)), metadata=desk)
-
-    async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (app, _):
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            stub = pb_grpc.NotifyServiceStub(channel)
-            await publish(broker, ref_ev.ReferralSubmitted(referral=ref.snapshot()), ref)
-            await eventually(lambda: _contact(db, patient))
-            await set_mobile(stub, desk_number)
-            # A later referral event carries the referral's own number: the desk's stays.
-            await publish(broker, ref.accepted(), ref)
-            await eventually(lambda: len(aliyun.accepted) == 1)
-            # Set again through preferences: the new number replaces it.
-            await set_mobile(stub, later_desk_number)
-            await publish(broker, ref_ev.ReferralReturned(referral=ref.snapshot(), reason="请补充材料"), ref)
-            await eventually(lambda: len(aliyun.accepted) == 2)
+    await _desk_sets_it_twice(
+        stack, monkeypatch, vendors, broker, db, ref, [desk_number, later_desk_number],
+        lambda mobile: pb.SetContactPreferencesRequest(referral_id=ref.referral_id, mobile=mobile, preferences=(
+            pb.ContactPreferences(patient_id=patient.patient_id, consent=True, urgent_ignores_quiet_hours=True))),
+        aliyun.accepted)
     assert [m["phone"] for m in aliyun.accepted] == [desk_number, later_desk_number]
 
     # Forgotten with the number: the patient's next referral brings its own number back.
-    await _age(db, [patient], routes=True)
-    await _forget_idle(stack)
-    gone = await _contact(db, patient)
+    gone = await _forgotten_then_referred_again(stack, monkeypatch, vendors, broker, db, patient, aliyun.accepted)
     assert (gone["mobile_ciphertext"], gone["mobile_set_by"]) == (None, None)
-    again = Referral(patient)
-    async with notify_service(stack, monkeypatch, vendor_env(*vendors)):
-        await publish(broker, again.accepted(), again)
-        await eventually(lambda: len(aliyun.accepted) == 3)
     assert aliyun.accepted[-1]["phone"] == patient.mobile
+
+
+async def test_an_openid_set_through_preferences_outranks_the_referrals_until_it_is_forgotten(
+        stack, monkeypatch, vendors, broker, db):
+    wechat, aliyun, _ = vendors
+    patient = Patient(stack, openid=new_openid())  # the referral snapshots carry patient.openid
+    ref = Referral(patient)
+    desk_openid, later_desk_openid = new_openid(), new_openid()
+    await _desk_sets_it_twice(
+        stack, monkeypatch, vendors, broker, db, ref, [desk_openid, later_desk_openid],
+        lambda openid: pb.SetContactPreferencesRequest(referral_id=ref.referral_id, preferences=pb.ContactPreferences(
+            patient_id=patient.patient_id, consent=True, urgent_ignores_quiet_hours=True,
+            channels=[pb.CHANNEL_WECHAT, pb.CHANNEL_SMS], wechat_openid=openid)),
+        wechat.accepted)
+    assert [m["openid"] for m in wechat.accepted] == [desk_openid, later_desk_openid] and aliyun.accepted == []
+    row = await _contact(db, patient)
+    assert row["wechat_openid_set_by"] == row["preferences_set_by"] and row["wechat_openid_set_by"]
+
+    # Forgotten with the openid: the patient's next referral brings its own openid back.
+    gone = await _forgotten_then_referred_again(stack, monkeypatch, vendors, broker, db, patient, wechat.accepted)
+    assert (gone["wechat_openid"], gone["wechat_openid_set_by"]) == (None, None)
+    assert wechat.accepted[-1]["openid"] == patient.openid
 
 
 async def test_the_clearing_job_measures_idleness_by_the_database_clock_not_the_policy_clock(

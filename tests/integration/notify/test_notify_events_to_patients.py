@@ -73,8 +73,9 @@ async def test_booking_tells_time_place_what_to_bring_and_preparation(stack, mon
         await publish(broker, booking, ref)
         await eventually(lambda: len(tencent.accepted) == 3)
 
-    assert sorted(r["template_id"] for r in tencent.accepted) == ["2300101", "2300201", "2300201"]
-    booked = [r for r in tencent.accepted if r["template_id"] == "2300201"]
+    # The exam has its own template: a booking's items do not exhaust one template's daily cap.
+    assert sorted(r["template_id"] for r in tencent.accepted) == ["2300101", "2300201", "2300205"]
+    booked = [r for r in tencent.accepted if r["template_id"] in ("2300201", "2300205")]
     [second] = [b for b in booked if b["params"][4] == "超声3室"]
     [first] = [b for b in booked if b is not second]
     local = start
@@ -85,17 +86,17 @@ async def test_booking_tells_time_place_what_to_bring_and_preparation(stack, mon
     assert first["params"][6] == "无需特殊准备"
     assert all(len(p) <= 12 for r in tencent.accepted for p in r["params"])
     texts = [r["text"] for r in await db.fetch(
-        "SELECT text FROM notify.notifications WHERE referral_id = $1 AND template = 'appointment_booked' "
-        "ORDER BY part", ref.referral_id)]
+        "SELECT text FROM notify.notifications WHERE referral_id = $1 "
+        "AND template IN ('appointment_booked', 'exam_booked') ORDER BY part", ref.referral_id)]
     assert "请携带身份证、医保卡、既往检查结果" in texts[0] and "检查前8小时禁食禁水" in texts[1]
     reminders = await db.fetch(
         "SELECT n.template, n.part, d.status, d.due_at FROM notify.notifications n JOIN notify.deliveries d "
         "ON d.notification_id = n.id WHERE n.referral_id = $1 AND n.reminder ORDER BY d.due_at", ref.referral_id)
     assert sorted((r["template"], r["part"]) for r in reminders) == [
-        ("reminder_2h", "consult"), ("reminder_2h", "us"), ("reminder_day_before", "consult"),
-        ("reminder_day_before", "us")]
+        ("exam_reminder_2h", "us"), ("exam_reminder_day_before", "us"), ("reminder_2h", "consult"),
+        ("reminder_day_before", "consult")]
     assert all(r["status"] == "PENDING" for r in reminders)
-    two_hours = [r["due_at"] for r in reminders if r["template"] == "reminder_2h"]
+    two_hours = [r["due_at"] for r in reminders if r["template"].endswith("reminder_2h")]
     assert sorted(two_hours) == [start - timedelta(hours=2), start - timedelta(hours=1)]
     [update] = [u for u in await _clinic_updates(db, ref.referral_id)
                 if u.kind == notify_ev.CLINIC_UPDATE_KIND_SCHEDULED]

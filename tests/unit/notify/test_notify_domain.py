@@ -96,7 +96,8 @@ def _sample_values(planner: Planner) -> dict[str, str]:
     values = planner.appointment_values(ROUTE, _appointment(prep="检查前8小时禁食禁水"), "身份证、医保卡、既往检查结果")
     values.update({"admit_by": "6月10日14:00", "admit_when": "2030年6月10日 14:00", "bed": "12",
                    "clinic": "城关镇卫生院", "address": "城关镇人民路8号", "followup": "6月20日",
-                   "note": "请明早先到一楼服务台报到"})
+                   "note": "请明早先到一楼服务台报到", "index": "1/1",
+                   **{f"piece{i}": "检查前8小时禁食禁水" for i in range(1, 6)}})
     return values
 
 
@@ -174,7 +175,7 @@ def test_a_reschedule_announces_the_items_that_moved_only_with_what_to_bring_as_
     plan = planner.rescheduled(ROUTE, "B1", [consult, later_exam], [consult, exam], bring,
                                sh(2030, 6, 7, 10, 0), "设备检修")
     assert {(m.template, m.part) for m in plan.messages} == {
-        ("appointment_changed", "I2"), ("reminder_day_before", "I2"), ("reminder_2h", "I2")}
+        ("exam_changed", "I2"), ("exam_reminder_day_before", "I2"), ("exam_reminder_2h", "I2")}
     assert all(m.values["bring"] == bring for m in plan.messages)
     # The consultation's messages still waiting stay true: only the rest of the booking's are called off.
     assert (plan.cancel_pending_of_booking, plan.keep_pending_of_items) == ("B1", {"I1"})
