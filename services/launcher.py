@@ -1,6 +1,6 @@
 """`make run`: the whole system on one machine.
 
-Starts (or uses, when DATABASE_URL and NATS_URL are set) PostgreSQL and a JetStream
+Starts (or uses, when DATABASE_URL or NATS_URL is set) PostgreSQL and a JetStream
 nats-server, runs the three services as separate processes on their standard ports,
 waits until each reports SERVING on the standard health service, loads the demo
 consortium, and serves until Ctrl-C. With no vendor credentials configured, notify
@@ -74,10 +74,13 @@ class Launcher:
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.env.get("DATABASE_URL") and self.env.get("NATS_URL")):
+        need_postgres, need_nats = not self.env.get("DATABASE_URL"), not self.env.get("NATS_URL")
+        if need_postgres or need_nats:
             from services.common.localstack import LocalStack
 
-            self.stack = await asyncio.to_thread(LocalStack.start, self.data_dir)
+            # Only what is missing: a server given by URL is the one to use.
+            self.stack = await asyncio.to_thread(LocalStack.start, self.data_dir, postgres=need_postgres,
+                                                 nats=need_nats)
             self.env.update(self.stack.env())
         if not (self.env.get("ALIYUN_ACCESS_KEY_ID") or self.env.get("TENCENT_SECRET_ID")):
             self.env.update(await self._start_sandbox_vendors())

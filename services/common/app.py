@@ -1,9 +1,15 @@
 """How a service starts, runs and stops: one place for all three.
 
 A service provides `build(ctx) -> ServiceParts` (its gRPC servicers, its event
-subscriptions, its periodic jobs); this module owns the order of start and stop:
-migrate, pool, broker, relay, consumers, gRPC, and on SIGTERM the reverse — health to
-NOT_SERVING, stop taking events, let in-flight calls finish, drain the broker.
+subscriptions, its background jobs) and, optionally, `configure(settings)`: its own
+settings parsed and checked (config.SettingsError naming every bad one). This module
+owns the order of start and stop. Start: every setting checked before anything is
+connected, then migrate (or check the schema is current), pool, broker, relay,
+consumers, jobs, gRPC. Stop (SIGTERM), all within SHUTDOWN_GRACE_SECONDS: health to
+NOT_SERVING; then at once gRPC lets in-flight calls finish, consumers finish the event in
+hand and hand back the rest of their fetch, jobs that can stop gracefully finish the work
+in hand; then the rest is cancelled and the connections closed.
+While it runs, readiness follows PostgreSQL and liveness fails if a background task dies.
 """
 from __future__ import annotations
 
@@ -14,12 +20,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
+import grpc
 import uvloop
 from prometheus_client import start_http_server
 
@@ -34,6 +42,12 @@ from services.common.pii import PiiCipher
 log = logs.get_logger(__name__)
 T = TypeVar("T")
 
+# Readiness: NOT_SERVING after this many failed database checks in a row, SERVING again
+# after as many good ones: one slow answer does not take a replica out of its Service.
+HEALTH_FAILURES_TO_FLIP = 2
+# Of the shutdown budget, what closing the connections keeps (the rest is for the work in hand).
+SHUTDOWN_CLOSING_SECONDS = 5.0
+
 
 @dataclass
 class AppContext:
@@ -44,51 +58,136 @@ class AppContext:
     pii: PiiCipher
 
 
+@dataclass(frozen=True)
+class Job:
+    """A background job that can end gracefully: at shutdown `stop()` asks it to finish the
+    work in hand and return, which it is given the shutdown's budget to do."""
+    run: Callable[[], Awaitable[None]]
+    stop: Callable[[], None]
+
+
 @dataclass
 class ServiceParts:
     registrars: list[Registrar] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)
-    # Long-running coroutines (periodic jobs); cancelled at shutdown after consumers stop.
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Long-running coroutines (periodic jobs, servers) or Jobs. Each must run until the service
+    # stops: one that ends early fails liveness. Cancelled at shutdown (a Job asked first).
+    background: list[Callable[[], Awaitable[None]] | Job] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 Builder = Callable[[AppContext], ServiceParts]
+# A service's own settings, parsed and checked without I/O: config.SettingsError if bad.
+Configure = Callable[[config.Settings], object]
 
 
 def verifier_for(settings: config.Settings) -> auth.TokenVerifier:
     keys = settings.auth_public_keys
     if not keys:
         if not settings.dev_mode:
-            raise SystemExit("AUTH_JWT_PUBLIC_KEYS is required (DEV_MODE=1 generates a local key pair)")
+            raise config.SettingsError(["AUTH_JWT_PUBLIC_KEYS must be set (DEV_MODE=1 generates a local key pair)"])
         log.warning("AUTH_JWT_PUBLIC_KEYS unset: using the development key pair")
         keys = auth.dev_keys(settings.data_dir).public_pem
-    return auth.TokenVerifier(keys, issuer=settings.auth_issuer, audience=settings.auth_audience)
+    try:
+        return auth.TokenVerifier(keys, issuer=settings.auth_issuer, audience=settings.auth_audience)
+    except (ValueError, TypeError):
+        raise config.SettingsError(["AUTH_JWT_PUBLIC_KEYS must hold PEM public keys (-----BEGIN PUBLIC KEY-----)"]) \
+            from None
+
+
+def connection_problems(settings: config.Settings, *, nats: bool = True) -> list[str]:
+    needed = {"DATABASE_URL": settings.database_url, **({"NATS_URL": settings.nats_url} if nats else {})}
+    return [f"{name} must be set (`make run` starts a local stack and sets it for every service)"
+            for name, value in needed.items() if not value]
+
+
+def grpc_options(settings: config.Settings, reuse_port: bool) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [("grpc.so_reuseport", 1 if reuse_port else 0),
+                                      ("grpc.max_receive_message_length", 4 << 20)]
+    if settings.grpc_max_connection_age_seconds > 0:
+        # A clinic system keeps one HTTP/2 connection for days: without an age limit, replicas
+        # added later (a scale-up, a rollout) would never get its calls.
+        options += [("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms",
+                     int(settings.grpc_max_connection_age_grace_seconds * 1000))]
+    return options
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a start needs from the settings, built before anything is connected."""
+    verifier: auth.TokenVerifier
+    pii: PiiCipher
+    credentials: grpc.ServerCredentials | None
+
+
+def prepare(settings: config.Settings, configure: Configure | None = None,
+            earlier: list[str] | tuple[str, ...] = ()) -> Prepared:
+    """Every setting of a start checked, the shared runtime's and the service's own, all
+    problems (with `earlier` ones, e.g. from config.read) in one config.SettingsError."""
+    problems = [*earlier, *connection_problems(settings)]
+    verifier = pii = credentials = None
+    try:
+        verifier = verifier_for(settings)
+    except config.SettingsError as exc:
+        problems += exc.problems
+    try:
+        pii = PiiCipher.from_config(settings.pii_encryption_keys, settings.pii_hash_key,
+                                    settings.data_dir if settings.dev_mode else None)
+    except config.SettingsError as exc:
+        problems += exc.problems
+    try:
+        credentials = server_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    except OSError as exc:
+        problems.append(f"TLS_CERT_FILE, TLS_KEY_FILE or TLS_CLIENT_CA_FILE cannot be read: {exc.strerror} "
+                        f"({exc.filename})")
+    if configure is not None:
+        try:
+            configure(settings)
+        except config.SettingsError as exc:
+            problems += exc.problems
+    if problems:
+        raise config.SettingsError(problems)
+    assert verifier is not None and pii is not None
+    return Prepared(verifier, pii, credentials)
 
 
 class ServiceApp:
-    def __init__(self, settings: config.Settings, build: Builder, *, reuse_port: bool = False) -> None:
+    def __init__(self, settings: config.Settings, build: Builder, *, configure: Configure | None = None,
+                 reuse_port: bool = False) -> None:
         self.settings = settings
         self._build = build
+        self._configure = configure
         # Several worker processes serving one port (SO_REUSEPORT): see `main`.
         self._reuse_port = reuse_port
+        self._prepared: Prepared | None = None
         self.ctx: AppContext | None = None
         self.grpc: GrpcServer | None = None
         self._consumers: list[EventConsumer] = []
         self._tasks: list[asyncio.Task] = []
+        # Background tasks whose Job can stop gracefully: task -> its stop.
+        self._graceful: dict[asyncio.Task, Callable[[], None]] = {}
         self._parts = ServiceParts()
+        self._metrics = None
+        self._stopping = False
+        self._started = False
+        self._broken = False
+        self._health_updates: set[asyncio.Task] = set()
 
     @property
     def port(self) -> int:
         assert self.grpc is not None
         return self.grpc.port
 
+    def prepare(self, earlier: list[str] | tuple[str, ...] = ()) -> Prepared:
+        if self._prepared is None:
+            self._prepared = prepare(self.settings, self._configure, earlier)
+        return self._prepared
+
     async def start(self) -> None:
         s = self.settings
-        if not s.database_url or not s.nats_url:
-            raise SystemExit("DATABASE_URL and NATS_URL must be set: `make run` starts a local stack "
-                             "and sets them for every service")
-        await db.migrate(s.database_url, s.schema, s.service)
+        ready = self.prepare()
+        await _migrate_or_check(s)
         pool = await db.create_pool(s.database_url, s.schema, min_size=s.db_pool_min,
                                     max_size=s.db_pool_max, command_timeout=s.db_command_timeout,
                                     acquire_timeout=s.db_acquire_timeout)
@@ -97,48 +196,134 @@ class ServiceApp:
         await broker.ensure_stream(s.service, s.nats_stream_replicas)
         relay = OutboxRelay(pool, broker, s.schema, dsn=s.database_url, poll_seconds=s.outbox_poll_seconds,
                             retention=s.outbox_retention)
-        if not s.pii_encryption_keys and not s.dev_mode:
-            raise SystemExit("PII_ENCRYPTION_KEYS and PII_HASH_KEY are required (DEV_MODE=1 generates local keys)")
-        self.ctx = AppContext(s, pool, broker, relay, PiiCipher.from_config(
-            s.pii_encryption_keys, s.pii_hash_key, s.data_dir if s.dev_mode else None))
+        self.ctx = AppContext(s, pool, broker, relay, ready.pii)
         self._parts = self._build(self.ctx)
-        relay.start()
+        self._watch(relay.start(), "outbox relay")
         for subscription in self._parts.subscriptions:
             consumer = EventConsumer(broker, pool, subscription, max_deliver=s.consumer_max_deliver)
-            consumer.start()
+            self._watch(consumer.start(), f"consumer {subscription.durable}")
             self._consumers.append(consumer)
         inbox_purge = periodic("inbox purged", s.inbox_purge_seconds, lambda: purge_inbox(
             pool, inbox_retention(s.outbox_retention)))
         for job in (*self._parts.background, inbox_purge):
-            self._tasks.append(asyncio.create_task(job()))
-        self.grpc = GrpcServer(s.grpc_port, self._parts.registrars, verifier=verifier_for(s),
-                               credentials=server_credentials(s.tls_cert_file, s.tls_key_file,
-                                                              s.tls_client_ca_file),
-                               options=[("grpc.so_reuseport", 1 if self._reuse_port else 0),
-                                        ("grpc.max_receive_message_length", 4 << 20)])
+            run = job.run if isinstance(job, Job) else job
+            task = self._watch(asyncio.create_task(run()), getattr(run, "__qualname__", repr(run)))
+            self._tasks.append(task)
+            if isinstance(job, Job):
+                self._graceful[task] = job.stop
+        self.grpc = GrpcServer(s.grpc_port, self._parts.registrars, verifier=ready.verifier,
+                               credentials=ready.credentials, options=grpc_options(s, self._reuse_port))
         await self.grpc.start()
+        self._started = True
+        if self._broken:  # a task died while the rest was starting
+            self._health(self.grpc.set_broken())
+        self._tasks.append(asyncio.create_task(self._watch_database(), name="database health"))
         if s.metrics_port:
-            start_http_server(s.metrics_port, addr="0.0.0.0")
+            self._metrics = _start_metrics(s.metrics_port)
         log.info("service started", grpc_port=self.grpc.port, metrics_port=s.metrics_port)
 
+    def _watch(self, task: asyncio.Task, what: str) -> asyncio.Task:
+        """A task that must run as long as the service: its end, before shutdown, fails liveness."""
+        task.add_done_callback(lambda t: self._task_ended(t, what))
+        return task
+
+    def _task_ended(self, task: asyncio.Task, what: str) -> None:
+        error = None if task.cancelled() else task.exception()
+        if self._stopping:
+            return
+        # Such a task catches its own errors; ending means a bug or a resource it cannot get
+        # (e.g. a port): the process is broken while its calls may still succeed, and only a
+        # restart mends it. Liveness asks for "" and restarts the pod.
+        log.error("background task ended, service marked not live", task=what,
+                  error=repr(error) if error is not None else ("cancelled" if task.cancelled() else "returned"))
+        self._broken = True
+        if self._started and self.grpc is not None:
+            self._health(self.grpc.set_broken())
+
+    def _health(self, update: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(update)
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
+
+    async def _watch_database(self) -> None:
+        """Readiness follows PostgreSQL, on a connection of its own (a busy pool is not an
+        outage). NATS is left out: while the broker is away the outbox keeps the events and
+        calls still succeed."""
+        assert self.grpc is not None
+        s = self.settings
+        timeout = min(2.0, s.health_check_seconds)
+        conn: asyncpg.Connection | None = None
+        ready, streak = True, 0
+        try:
+            while True:
+                await asyncio.sleep(s.health_check_seconds)
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(s.database_url, timeout=timeout,
+                                                     server_settings={"application_name": f"{s.schema}-health"})
+                    ok = await db.answers(conn, timeout)
+                except Exception:  # noqa: BLE001 - whatever the reason, it does not answer
+                    ok = False
+                if not ok and conn is not None:
+                    conn.terminate()
+                    conn = None
+                streak = streak + 1 if ok != ready else 0
+                if streak >= HEALTH_FAILURES_TO_FLIP:
+                    ready, streak = ok, 0
+                    await self.grpc.set_ready(ready)
+                    if ready:
+                        log.info("database answers again: ready")
+                    else:
+                        log.warning("database does not answer: not ready", checks=HEALTH_FAILURES_TO_FLIP)
+        finally:
+            if conn is not None:
+                conn.terminate()
+
     async def stop(self) -> None:
+        """Within SHUTDOWN_GRACE_SECONDS from the call, whatever is still running then."""
+        loop = asyncio.get_running_loop()
         grace = self.settings.shutdown_grace_seconds
+        deadline = loop.time() + grace
+        work = max(0.5, grace - min(SHUTDOWN_CLOSING_SECONDS, grace / 4))
+        self._stopping = True
         log.info("service stopping", grace_seconds=grace)
         if self.grpc is not None:
             await self.grpc.enter_shutdown()
-        await asyncio.gather(*(c.stop() for c in self._consumers), return_exceptions=True)
-        if self.grpc is not None:
-            await self.grpc.stop(grace)
+        for stop_job in self._graceful.values():
+            stop_job()
+        # Together: a slow event (a solve) must not hold up the end of the calls, nor they it.
+        await asyncio.gather(
+            *([self.grpc.stop(work)] if self.grpc is not None else []),
+            *(c.stop(work) for c in self._consumers),
+            *([asyncio.wait(set(self._graceful), timeout=work)] if self._graceful else []),
+            return_exceptions=True)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._until(deadline, "background tasks", asyncio.gather(*self._tasks, return_exceptions=True))
         for hook in self._parts.on_stop:
-            await hook()
+            await self._until(deadline, getattr(hook, "__qualname__", "on_stop"), hook())
         if self.ctx is not None:
-            await self.ctx.relay.stop()
-            await self.ctx.broker.close()
-            await self.ctx.pool.close()
-        log.info("service stopped")
+            await self._until(deadline, "outbox relay", self.ctx.relay.stop())
+            await self._until(deadline, "broker", self.ctx.broker.close())
+            if not await self._until(deadline, "database pool", self.ctx.pool.close()):
+                self.ctx.pool.terminate()
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.shutdown)  # waits out its poll (0.5 s)
+            self._metrics.server_close()
+        log.info("service stopped", seconds=round(grace - (deadline - loop.time()), 1))
+
+    @staticmethod
+    async def _until(deadline: float, what: str, step: Awaitable[Any]) -> bool:
+        """One shutdown step, cut off at the deadline (or after half a second if already past)."""
+        left = max(0.5, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(step, left)
+            return True
+        except asyncio.TimeoutError:
+            log.warning("shutdown step cut off at the deadline", step=what)
+        except Exception as exc:  # noqa: BLE001 - the next steps still run
+            log.warning("shutdown step failed", step=what, error=repr(exc))
+        return False
 
     async def run_until_signal(self) -> None:
         stop = asyncio.Event()
@@ -147,32 +332,53 @@ class ServiceApp:
             loop.add_signal_handler(sig, stop.set)
         await self.start()
         await stop.wait()
+        _exit_if_overdue(self.settings.shutdown_grace_seconds + 3)
         await self.stop()
 
 
+async def _migrate_or_check(settings: config.Settings) -> None:
+    if settings.migrate_on_start:
+        await db.migrate(settings.database_url, settings.schema, settings.service)
+    else:
+        await db.require_current(settings.database_url, settings.schema, settings.service)
+
+
+def _start_metrics(port: int):
+    """Both address families where the host has IPv6 (a dual-stack cluster scrapes either)."""
+    try:
+        server, _ = start_http_server(port, addr="::")
+    except OSError:
+        server, _ = start_http_server(port, addr="0.0.0.0")
+    return server
+
+
+def _exit_if_overdue(seconds: float) -> None:
+    """The last resort of the shutdown deadline: a thread `stop` cannot cancel (a solve) or a
+    join at interpreter exit must not keep the process until Kubernetes' SIGKILL."""
+    def overdue() -> None:
+        sys.stderr.write(f"shutdown still not done after {seconds:g} s: exiting\n")
+        sys.stderr.flush()
+        os._exit(1)
+    timer = threading.Timer(seconds, overdue)
+    timer.daemon = True
+    timer.start()
+
+
 WORKER_ENV = "SERVICE_WORKER_INDEX"
-EVENT_LOOPS = ("uvloop", "asyncio")
 
 
-def run(main: Coroutine[Any, Any, T]) -> T:
+def run(main: Coroutine[Any, Any, T], event_loop: str | None = None) -> T:
     """Run a process's main coroutine on the event loop EVENT_LOOP names: uvloop (the
     default; libuv's loop takes about a third less CPU per call than asyncio's on the
     create path, see `make bench`) or asyncio (the standard library's, to rule uvloop out)."""
-    name = os.environ.get("EVENT_LOOP", "uvloop")
-    if name not in EVENT_LOOPS:
-        raise SystemExit(f"EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {name!r}")
-    if name == "uvloop":
+    if event_loop is None:
+        reader = config.Reader()
+        event_loop = reader.choice("EVENT_LOOP", "uvloop", config.EVENT_LOOPS)
+        if reader.problems:
+            raise SystemExit(config.SettingsError(reader.problems).report("process"))
+    if event_loop == "uvloop":
         return uvloop.run(main)
     return asyncio.run(main)
-
-
-def worker_count(settings: config.Settings) -> int:
-    """`<SERVICE>_WORKERS` (e.g. REFERRAL_WORKERS), else GRPC_WORKERS, else 1."""
-    raw = settings.get(f"{settings.service.upper()}_WORKERS") or settings.get("GRPC_WORKERS") or "1"
-    try:
-        return max(1, int(raw))
-    except ValueError as exc:
-        raise SystemExit(f"{settings.service.upper()}_WORKERS / GRPC_WORKERS must be an integer, got {raw!r}") from exc
 
 
 def _die_with_parent() -> None:
@@ -193,7 +399,7 @@ def supervise(settings: config.Settings, workers: int, argv: list[str]) -> int:
     if not settings.grpc_port:
         raise SystemExit("several workers share one port: GRPC_PORT must not be 0")
     # Migrate once before the workers start (each would wait on the advisory lock anyway).
-    asyncio.run(db.migrate(settings.database_url, settings.schema, settings.service))
+    asyncio.run(_migrate_or_check(settings))
     procs: list[subprocess.Popen] = []
     for index in range(workers):
         env = {**os.environ, WORKER_ENV: str(index),
@@ -250,7 +456,9 @@ async def _dead_letter_command(settings: config.Settings, command: str, ids: lis
         await pool.close()
 
 
-def main(service: str, build: Builder, argv: list[str] | None = None) -> None:
+def main(service: str, build: Builder, argv: list[str] | None = None, *, configure: Configure | None = None) -> None:
+    """`python -m services.<service> [command]`. Bad settings, or a schema it cannot use,
+    end it with one message on stderr and exit status 1, before it connects to anything."""
     parser = argparse.ArgumentParser(prog=f"python -m services.{service}")
     parser.add_argument("command", choices=["serve", "migrate", "dead-letters", "redeliver"], nargs="?",
                         default="serve", help="dead-letters lists the events its consumers gave up on (JSON "
@@ -258,23 +466,38 @@ def main(service: str, build: Builder, argv: list[str] | None = None) -> None:
     parser.add_argument("ids", nargs="*", type=int, help="redeliver: the dead letters' ids")
     parser.add_argument("--all", action="store_true", help="dead-letters: those already redelivered too")
     args = parser.parse_args(argv)
-    settings = config.load(service)
+    if args.command == "redeliver" and not args.ids:
+        parser.error("redeliver needs the ids of the dead letters (see dead-letters)")
+    settings, problems = config.read(service)
     logs.configure(settings.log_level, service=service)
-    if args.command == "migrate":
-        applied = asyncio.run(db.migrate(settings.database_url, settings.schema, service))
-        log.info("migrations done", applied=applied)
-        return
-    if args.command in ("dead-letters", "redeliver"):
-        if args.command == "redeliver" and not args.ids:
-            parser.error("redeliver needs the ids of the dead letters (see dead-letters)")
+    try:
+        if args.command == "serve":
+            sys.exit(_serve(settings, build, configure, problems))
+        problems += connection_problems(settings, nats=args.command == "redeliver")
+        if problems:
+            raise config.SettingsError(problems)
+        if args.command == "migrate":
+            applied = asyncio.run(db.migrate(settings.database_url, settings.schema, service))
+            log.info("migrations done", applied=applied)
+            return
         sys.exit(asyncio.run(_dead_letter_command(settings, args.command, args.ids, args.all)))
-    workers = worker_count(settings)
+    except config.SettingsError as exc:
+        sys.exit(exc.report(service))
+    except db.MigrationError as exc:
+        sys.exit(f"{service}: not started: {exc}")
+
+
+def _serve(settings: config.Settings, build: Builder, configure: Configure | None, problems: list[str]) -> int:
+    workers = settings.workers
+    service_app = ServiceApp(settings, build, configure=configure, reuse_port=workers > 1)
+    service_app.prepare(problems)
     worker = os.environ.get(WORKER_ENV)
     if workers > 1 and worker is None:
-        sys.exit(supervise(settings, workers, ["serve"]))
+        return supervise(settings, workers, ["serve"])
     if worker is not None:
         _die_with_parent()
     try:
-        run(ServiceApp(settings, build, reuse_port=workers > 1).run_until_signal())
+        run(service_app.run_until_signal(), settings.event_loop)
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
+    return 0

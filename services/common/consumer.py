@@ -93,14 +93,22 @@ class EventConsumer:
         await self._broker.js.add_consumer(self.sub.stream, self._config())
         return await self._broker.js.pull_subscribe_bind(self.sub.durable, stream=self.sub.stream)
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task:
         self._task = asyncio.create_task(self._run(), name=f"consumer-{self.sub.durable}")
+        return self._task
 
-    async def stop(self) -> None:
-        """Finish the message in hand, then stop fetching."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Finish the message in hand, hand the rest of its fetch back, stop fetching; past
+        `timeout`, cancel the message in hand too (its transaction rolls back, unacked: it
+        comes back after ack_wait)."""
         self._stopping.set()
-        if self._task:
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is None:
+            return
+        await asyncio.wait({self._task}, timeout=timeout)
+        if not self._task.done():
+            log.warning("consumer stop timed out, message in hand abandoned", consumer=self.sub.durable)
+            self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         self._psub = None
@@ -132,24 +140,32 @@ class EventConsumer:
                 except nats.errors.TimeoutError:
                     continue
                 failures = 0
-                if self.sub.shared_transaction and len(msgs) > 1 and await self._handle_together(msgs):
+                if (self.sub.shared_transaction and len(msgs) > 1 and not self._stopping.is_set()
+                        and await self._handle_together(msgs)):
                     continue
                 for i, msg in enumerate(msgs):
+                    if self._stopping.is_set():
+                        # Shutting down: a fetch can hold minutes of work (a solve per event);
+                        # what is not started goes back now, for another replica to take at
+                        # once rather than after ack_wait.
+                        await self._hand_back(msgs[i:], 0)
+                        break
                     try:
                         await self._handle(msg)
                     except _DatabaseUnavailable:
                         # The rest of the batch would fail the same way; hand it back now
                         # rather than after ack_wait, then fetch nothing (every fetch is a
                         # delivery, counted towards dead-lettering) until the database answers.
-                        for rest in msgs[i + 1:]:
-                            await self._nak(rest, 1.0)
+                        await self._hand_back(msgs[i + 1:], 1.0)
                         await self._wait_for_database()
                         break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - broker trouble: re-bind and go on
                 failures += 1
-                psub = None
+                # Re-bind through the branch above, which unsubscribes the old subscription:
+                # left subscribed, the broker's drain at shutdown would wait on it until its timeout.
+                generation = -1
                 log.warning("consumer loop error", consumer=self.sub.durable, error=repr(exc))
                 await asyncio.sleep(min(5.0, 0.2 * failures))
 
@@ -250,6 +266,10 @@ class EventConsumer:
             CONSUMED.labels(self.sub.durable, "retried").inc()
             await msg.nak(delay=delay)
 
+    async def _hand_back(self, msgs: list, delay: float) -> None:
+        for msg in msgs:
+            await self._nak(msg, delay)
+
     async def _nak(self, msg, delay: float) -> None:
         try:
             await msg.nak(delay=delay)
@@ -257,11 +277,7 @@ class EventConsumer:
             log.warning("nak failed", consumer=self.sub.durable, error=repr(exc))
 
     async def _database_answers(self) -> bool:
-        try:
-            await self._pool.fetchval("SELECT 1", timeout=5)
-            return True
-        except db.UNAVAILABLE_ERRORS:
-            return False
+        return await db.answers(self._pool, timeout=5)
 
     async def _wait_for_database(self) -> None:
         failures = 0

@@ -50,38 +50,104 @@ def _files(prefix: str, folder: Path) -> list[tuple[str, Path]]:
     return [(f"{prefix}/{p.name}", p) for p in sorted(folder.glob("*.sql"))]
 
 
-async def migrate(dsn: str, schema: str, service: str | None = None) -> list[str]:
-    """Apply pending migrations; returns the versions applied now."""
+# A migration's DDL waits at most this long for a table lock: waiting, it would queue every
+# query on that table behind it (live traffic of the replicas still running); refused, the
+# migration rolls back and the next start tries again.
+MIGRATION_LOCK_TIMEOUT_SECONDS = 5.0
+# How long a starting replica waits for another one's migrations (the advisory lock).
+MIGRATION_WAIT_SECONDS = 120.0
+
+
+class MigrationError(Exception):
+    """The schema is not where this code needs it, or could not be brought there: the
+    message says what to do (a start is refused with it, no traceback)."""
+
+
+def _pending(done: set[str], service: str) -> list[tuple[str, Path]]:
+    return [(version, path) for prefix, folder in migration_dirs(service)
+            for version, path in _files(prefix, folder) if version not in done]
+
+
+async def _applied(conn: asyncpg.Connection, schema: str) -> set[str]:
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.schema_migrations"):
+        return set()
+    return {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+
+
+def _check_schema_name(schema: str) -> None:
     if not _SCHEMA_RE.match(schema):
         raise ValueError(f"bad schema name {schema!r}")
+
+
+async def pending(dsn: str, schema: str, service: str | None = None) -> list[str]:
+    """The migrations this code has that the schema has not applied (none: it is current)."""
+    _check_schema_name(schema)
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return [version for version, _ in _pending(await _applied(conn, schema), service or schema)]
+    finally:
+        await conn.close()
+
+
+async def require_current(dsn: str, schema: str, service: str | None = None) -> None:
+    """MIGRATE_ON_START=false: the schema must be at this code's latest migration."""
+    behind = await pending(dsn, schema, service)
+    if behind:
+        raise MigrationError(
+            f"schema {schema} is behind this code: {len(behind)} migration(s) not applied "
+            f"({', '.join(behind)}); run `python -m services.{service or schema} migrate` first "
+            "or start with MIGRATE_ON_START=true")
+
+
+async def migrate(dsn: str, schema: str, service: str | None = None, *,
+                  lock_timeout: float = MIGRATION_LOCK_TIMEOUT_SECONDS) -> list[str]:
+    """Apply pending migrations; returns the versions applied now."""
+    _check_schema_name(schema)
     service = service or schema
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=10)
     applied_now: list[str] = []
     try:
         # The lock key is per schema so different services migrate in parallel.
-        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrate:{schema}")
         try:
+            await conn.execute(f"SET lock_timeout = '{int(MIGRATION_WAIT_SECONDS * 1000)}ms'")
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"migrate:{schema}")
+        except asyncpg.exceptions.LockNotAvailableError:
+            raise MigrationError(f"schema {schema}: another process has been migrating it for more than "
+                                 f"{MIGRATION_WAIT_SECONDS:.0f} s; nothing applied") from None
+        try:
+            await conn.execute(f"SET lock_timeout = '{int(lock_timeout * 1000)}ms'")
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
-            done = {r["version"] for r in await conn.fetch(f"SELECT version FROM {schema}.schema_migrations")}
-            for prefix, folder in migration_dirs(service):
-                for version, path in _files(prefix, folder):
-                    if version in done:
-                        continue
+            for version, path in _pending(await _applied(conn, schema), service):
+                try:
                     async with conn.transaction():
                         await conn.execute(f"SET LOCAL search_path TO {schema}, public")
                         await conn.execute(path.read_text(encoding="utf-8"))
                         await conn.execute(
                             f"INSERT INTO {schema}.schema_migrations(version) VALUES ($1)", version)
-                    applied_now.append(version)
-                    log.info("migration applied", schema=schema, version=version)
+                except asyncpg.exceptions.LockNotAvailableError:
+                    raise MigrationError(
+                        f"migration {version} waited more than {lock_timeout:g} s for a lock on a table in "
+                        f"use and was rolled back ({len(applied_now)} applied before it); the next start "
+                        "tries again") from None
+                applied_now.append(version)
+                log.info("migration applied", schema=schema, version=version)
         finally:
             await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", f"migrate:{schema}")
     finally:
         await conn.close()
     return applied_now
+
+
+async def answers(db: asyncpg.Pool | asyncpg.Connection, timeout: float) -> bool:
+    """Whether the database answers a trivial query within `timeout`."""
+    try:
+        await db.fetchval("SELECT 1", timeout=timeout)
+        return True
+    except UNAVAILABLE_ERRORS:
+        return False
 
 
 async def _release_reset(conn: asyncpg.Connection) -> None:

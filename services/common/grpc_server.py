@@ -244,6 +244,16 @@ class GrpcServer:
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    async def set_ready(self, ready: bool) -> None:
+        """Readiness (the probe asks for the service's own name): whether calls can succeed."""
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.service_names:
+            await self.health.set(name, status)
+
+    async def set_broken(self) -> None:
+        """Liveness (the probe asks for ""): NOT_SERVING has the pod restarted."""
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def enter_shutdown(self) -> None:
         """NOT_SERVING first, so load balancers stop sending before we stop accepting."""
         await self.health.enter_graceful_shutdown()

@@ -190,22 +190,31 @@ class LocalNats:
 
 @dataclass
 class LocalStack:
-    postgres: LocalPostgres
-    nats: LocalNats
+    """The servers started here; one that is None is provided from outside (its URL set)."""
+    postgres: LocalPostgres | None
+    nats: LocalNats | None
 
     @classmethod
-    def start(cls, data_dir: Path) -> "LocalStack":
-        pg = LocalPostgres(data_dir / "postgres").start()
+    def start(cls, data_dir: Path, *, postgres: bool = True, nats: bool = True) -> "LocalStack":
+        pg = LocalPostgres(data_dir / "postgres").start() if postgres else None
         try:
-            nats = LocalNats(data_dir / "nats").start()
+            broker = LocalNats(data_dir / "nats").start() if nats else None
         except Exception:
-            pg.stop()
+            if pg is not None:
+                pg.stop()
             raise
-        return cls(pg, nats)
+        return cls(pg, broker)
 
     def env(self) -> dict[str, str]:
-        return {"DATABASE_URL": self.postgres.url, "NATS_URL": self.nats.url}
+        env = {}
+        if self.postgres is not None:
+            env["DATABASE_URL"] = self.postgres.url
+        if self.nats is not None:
+            env["NATS_URL"] = self.nats.url
+        return env
 
     def stop(self) -> None:
-        self.nats.stop()
-        self.postgres.stop()
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()

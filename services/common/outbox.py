@@ -98,8 +98,9 @@ class OutboxRelay:
         self._listener: asyncpg.Connection | None = None
         self.last_batch_failed = False
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task:
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self._schema}")
+        return self._task
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -24,4 +24,5 @@ def periodic(name: str, every: float, step: Callable[[], Awaitable[int]]) -> Cal
             except Exception as exc:  # noqa: BLE001 - a failed round is retried at the next tick
                 log.warning(f"{name} failed", error=repr(exc))
             await asyncio.sleep(every)
+    job.__qualname__ = f"periodic {name!r}"  # how a failed liveness names it
     return job

@@ -3,17 +3,30 @@
 Values are encrypted in the application with AES-GCM under a key from configuration;
 the key id is stored with the ciphertext so keys can rotate. A keyed hash (HMAC-SHA256)
 of the normalised value allows exact-match lookup without decrypting anything.
-PII_ENCRYPTION_KEYS: "kid1:base64key,kid2:base64key" (the first encrypts, all decrypt).
+PII_ENCRYPTION_KEYS: "kid1:base64key,kid2:base64key" (the first encrypts, all decrypt),
+each key 32 bytes (AES-256); PII_HASH_KEY: base64 of at least 32 bytes. A message about a
+bad key names the variable and the entry's position, never the key or anything from it.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
+import re
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.common.config import SettingsError
+
+KEY_BYTES = 32
+# An HMAC key shorter than the hash's output makes the lookup hashes of phone and ID
+# numbers (a small space) easier to brute-force back.
+MIN_HASH_KEY_BYTES = 32
+_KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_NEEDED = "(DEV_MODE=1 generates local keys)"
 
 # The context under which a mobile number travels in events (PatientSummary.mobile_ciphertext)
 # and rests in notify's contacts: one constant, so producer and consumer cannot drift apart.
@@ -24,22 +37,28 @@ class PiiCipher:
     def __init__(self, keys: dict[str, bytes], hash_key: bytes) -> None:
         if not keys:
             raise ValueError("no PII encryption key configured")
-        for kid, key in keys.items():
+        if not hash_key:
+            raise ValueError("no PII hash key configured")
+        for position, key in enumerate(keys.values(), 1):
             if len(key) not in (16, 24, 32):
-                raise ValueError(f"PII key {kid} must be 128, 192 or 256 bits")
+                # The position, not the key id: a spec without "kid:" makes the key its own id.
+                raise ValueError(f"PII encryption key {position} must be 128, 192 or 256 bits")
         self._keys = {kid: AESGCM(key) for kid, key in keys.items()}
         self._current = next(iter(keys))
         self._hash_key = hash_key
 
     @classmethod
     def from_config(cls, keys_spec: str, hash_key_b64: str, data_dir: Path | None = None) -> "PiiCipher":
-        if not keys_spec and data_dir is not None:
+        """From PII_ENCRYPTION_KEYS and PII_HASH_KEY; with `data_dir` (development) and
+        neither set, from keys generated there. SettingsError for anything else incomplete."""
+        if not keys_spec and not hash_key_b64 and data_dir is not None:
             keys_spec, hash_key_b64 = _dev_keys(data_dir)
-        keys: dict[str, bytes] = {}
-        for item in filter(None, (p.strip() for p in keys_spec.split(","))):
-            kid, _, b64 = item.partition(":")
-            keys[kid] = base64.b64decode(b64)
-        return cls(keys, base64.b64decode(hash_key_b64))
+        problems: list[str] = []
+        keys = _encryption_keys(keys_spec, problems)
+        hash_key = _hash_key(hash_key_b64, problems)
+        if problems:
+            raise SettingsError(problems)
+        return cls(keys, hash_key)
 
     def encrypt(self, plaintext: str, context: str = "") -> str:
         """`kid:base64(nonce||ciphertext)`; context binds the value to its column."""
@@ -55,6 +74,51 @@ class PiiCipher:
     def lookup_hash(self, value: str) -> str:
         normalised = value.strip().upper()
         return hmac.new(self._hash_key, normalised.encode(), hashlib.sha256).hexdigest()
+
+
+def _decode(b64: str) -> bytes | None:
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _encryption_keys(spec: str, problems: list[str]) -> dict[str, bytes]:
+    entries = [p.strip() for p in spec.split(",") if p.strip()]
+    if not entries:
+        problems.append(f"PII_ENCRYPTION_KEYS must be set: kid:base64key[,kid:base64key...] {_NEEDED}")
+    keys: dict[str, bytes] = {}
+    for position, item in enumerate(entries, 1):
+        kid, colon, b64 = item.partition(":")
+        where = f"PII_ENCRYPTION_KEYS entry {position}"
+        if not colon or not _KID.match(kid):
+            problems.append(f"{where} must be kid:base64key (an id of letters, digits, '_', '.' or '-', "
+                            "a colon, then the key)")
+            continue
+        if kid in keys:
+            problems.append(f"{where} repeats the key id of an earlier entry")
+            continue
+        key = _decode(b64)
+        if key is None:
+            problems.append(f"{where}: the key is not valid base64")
+        elif len(key) != KEY_BYTES:
+            problems.append(f"{where}: the key must be {KEY_BYTES} bytes (AES-256), it is {len(key)}")
+        else:
+            keys[kid] = key
+    return keys
+
+
+def _hash_key(b64: str, problems: list[str]) -> bytes:
+    if not b64:
+        problems.append(f"PII_HASH_KEY must be set: base64 of at least {MIN_HASH_KEY_BYTES} random bytes {_NEEDED}")
+        return b""
+    key = _decode(b64)
+    if key is None:
+        problems.append("PII_HASH_KEY is not valid base64")
+        return b""
+    if len(key) < MIN_HASH_KEY_BYTES:
+        problems.append(f"PII_HASH_KEY must be at least {MIN_HASH_KEY_BYTES} bytes, it is {len(key)}")
+    return key
 
 
 def _dev_keys(data_dir: Path) -> tuple[str, str]:

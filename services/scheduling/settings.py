@@ -20,16 +20,15 @@ class SchedulerSettings:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "SchedulerSettings":
-        def get(name: str, default: str) -> str:
-            # Tests pass per-instance values through Settings.extra; processes use the env.
-            return settings.extra.get(name) or settings.get(name, default)
-
-        shard = tuple(h.strip() for h in get("SCHEDULING_HOSPITAL_SHARD", "").split(",") if h.strip())
-        return cls(
-            time_limit_seconds=float(get("SCHEDULER_TIME_LIMIT_SECONDS", "2")),
-            workers=int(get("SCHEDULER_WORKERS", "2")),
-            horizon_days=int(get("SCHEDULING_HORIZON_DAYS", "28")),
+        r = settings.reader()
+        shard = tuple(h.strip() for h in r.text("SCHEDULING_HOSPITAL_SHARD").split(",") if h.strip())
+        parsed = cls(
+            time_limit_seconds=r.number("SCHEDULER_TIME_LIMIT_SECONDS", 2.0, minimum=0.1),
+            workers=r.integer("SCHEDULER_WORKERS", 2, minimum=1),
+            horizon_days=r.integer("SCHEDULING_HORIZON_DAYS", 28, minimum=1),
             hospital_shard=shard,
-            release_poll_seconds=float(get("SCHEDULING_RELEASE_POLL_SECONDS", "60")),
-            reoptimise_seconds=float(get("SCHEDULING_REOPTIMISE_SECONDS", "60")),
+            release_poll_seconds=r.number("SCHEDULING_RELEASE_POLL_SECONDS", 60.0, minimum=0.01),
+            reoptimise_seconds=r.number("SCHEDULING_REOPTIMISE_SECONDS", 60.0, minimum=0.01),
         )
+        r.check()
+        return parsed

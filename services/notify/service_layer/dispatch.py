@@ -96,14 +96,33 @@ class Dispatcher:
         self._s = settings
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
+        self._stopping = False
         self.sent = 0
 
     def wake(self) -> None:
         self._wake.set()
 
+    # ----------------------------------------------------------------- graceful stop
+
+    def stop(self) -> None:
+        """Shutdown (services.common.app.Job): claim nothing more, hand back what is claimed
+        but not started, and let `run` return once the sends in flight (each bounded by the
+        send timeout) are recorded. Cancelling instead would leave the claimed batch waiting
+        out its lease, and a send cut off mid-call could go out twice."""
+        self._stopping = True
+        self._wake.set()
+
+    async def _hand_back(self, d, n) -> None:
+        try:
+            await self._defer(d, self._cfg.clock(), "dispatcher stopping", n)
+        except Exception as exc:  # noqa: BLE001 - the lease brings it back
+            log.warning("delivery not handed back at shutdown", delivery_id=str(d["id"]), error=repr(exc))
+
+    # ----------------------------------------------------------------- the loop
+
     async def run(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             try:
                 handled = await self.dispatch_once()
                 failures = 0
@@ -116,6 +135,8 @@ class Dispatcher:
                 log.warning("dispatcher error", error=repr(exc), failures=failures)
                 await asyncio.sleep(min(5.0, 0.2 * 2 ** failures))
                 continue
+            if self._stopping:
+                return
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._s.poll_seconds)
@@ -139,6 +160,9 @@ class Dispatcher:
 
     async def _send_in_turn(self, items: list) -> None:
         for delivery, notification in items:
+            if self._stopping:
+                await self._hand_back(delivery, notification)
+                continue
             try:
                 await self._process(delivery, notification)
             except Exception as exc:  # noqa: BLE001 - an attempt like a vendor's failure, so it cannot loop forever
