@@ -1,7 +1,7 @@
 """Session fixtures: one real PostgreSQL and one JetStream nats-server for all tests.
 
-The tests start them themselves (no DATABASE_URL/NATS_URL needed). With both variables
-set, the tests use those servers instead (fault tests that restart servers then skip).
+The tests always start their own, under a temporary folder; DATABASE_URL and NATS_URL
+are ignored. Their data is deleted after a passing run unless KEEP_TEST_DATA is set.
 """
 from __future__ import annotations
 

@@ -7,13 +7,16 @@ the bottom can break a rendered object and prove each check notices.
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
+import math
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -32,8 +35,25 @@ SERVICES = {
     "notify": (50053, 9093, "notify.v1.NotifyService"),
 }
 STREAM_REPLICAS = {"dev": "1", "prod": "3"}
-# preStop and process exit need time beyond the in-flight grace the services take.
+# The process's exit after the broker drained, on top of the shutdown steps the check adds up.
 SHUTDOWN_MARGIN_SECONDS = 5
+# A gRPC health call waits behind a busy event loop; 1 s (the default) restarts busy pods,
+# and much longer would leave a hung one in service.
+PROBE_TIMEOUT_SECONDS = range(2, 4)
+# Long enough to rebalance clinics' connections over new replicas within minutes.
+MAX_CONNECTION_AGE_SECONDS = 600
+# Database connections a service process holds beyond its pool (DB_POOL_MAX): the outbox
+# relay's LISTEN (services/common/outbox.py), readiness's database check
+# (services/common/app.py) and, in referral, WatchReferrals' change feed
+# (services/referral/entrypoints/watch.py).
+EXTRA_CONNECTIONS = {"referral": 3, "scheduling": 2, "notify": 2}
+# Beyond superuser_reserved_connections: CloudNativePG's instance manager and metrics
+# exporter, and an operator's psql or `dead-letters` command.
+ADMIN_CONNECTIONS = 10
+# Settings whose value is a vendor's address, reached over the internet.
+VENDOR_URL_KEY = re.compile(r"\w+_(ENDPOINT|API_BASE|URL)")
+# In-cluster servers: their URLs carry credentials, which must come from Secrets.
+SERVER_URL_KEYS = ("DATABASE_URL", "NATS_URL")
 # Keys of the basic-auth Secrets that envFrom imports with a prefix (README).
 BASIC_AUTH_KEYS = ("username", "password")
 
@@ -103,6 +123,67 @@ def port_value(port, container_ports):
     return next((p["containerPort"] for p in container_ports if p.get("name") == port), None)
 
 
+def scaled(value, total: int) -> int:
+    """An int-or-percent field (maxSurge, PDB budgets) as a count; Kubernetes rounds up."""
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(int(value[:-1]) * total / 100)
+    return int(value)
+
+
+def wave(obj) -> int:
+    return int(obj["metadata"].get("annotations", {}).get("argocd.argoproj.io/sync-wave", 0))
+
+
+def referenced_config_map(objs, ref_name):
+    """envFrom names the hashed ConfigMap; look it up by the generator's name."""
+    return config_map(objs, ref_name.rsplit("-", 1)[0]) or config_map(objs, ref_name)
+
+
+def secret_env_names(container) -> set[str]:
+    """Variables whose values come from Secrets (prefixed envFrom ones are basic-auth)."""
+    names = {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    for ref in container.get("envFrom", []):
+        if "secretRef" in ref and ref.get("prefix"):
+            names |= {ref["prefix"] + k for k in BASIC_AUTH_KEYS}
+    return names
+
+
+def container_env(objs, container) -> dict[str, str]:
+    """The plain values a container's environment holds: its ConfigMaps in order, then its
+    own `env`, which wins. Secret-backed values are not in the manifests, so absent."""
+    values: dict[str, str] = {}
+    for ref in container.get("envFrom", []):
+        if "configMapRef" in ref:
+            cm = referenced_config_map(objs, ref["configMapRef"]["name"]) or {}
+            values |= {ref.get("prefix", "") + k: v for k, v in (cm.get("data") or {}).items()}
+    for e in container.get("env", []):
+        if "value" in e:
+            values[e["name"]] = e["value"]
+        else:
+            values.pop(e["name"], None)
+    return values
+
+
+def seconds(env: dict[str, str], name: str) -> float | None:
+    return float(env[name]) if env.get(name) else None
+
+
+@functools.cache
+def nats_drain_seconds() -> float:
+    """How long the broker drains at shutdown, as the code sets it."""
+    found = re.search(r"drain_timeout=(\d+(?:\.\d+)?)", (REPO / "services/common/messaging.py").read_text())
+    assert found, "drain_timeout not found in services/common/messaging.py"
+    return float(found.group(1))
+
+
+def named_peer(peer) -> bool:
+    """Pods chosen by label, in this namespace or in one chosen by label. An empty selector
+    matches every pod, and an empty namespaceSelector every namespace of the cluster."""
+    def chosen(selector):
+        return bool(selector and (selector.get("matchLabels") or selector.get("matchExpressions")))
+    return chosen(peer.get("podSelector")) and ("namespaceSelector" not in peer or chosen(peer["namespaceSelector"]))
+
+
 # --- checks ------------------------------------------------------------------------
 
 
@@ -130,6 +211,11 @@ def hardening_problems(objs) -> list[str]:
         psc = spec.get("securityContext", {})
         if psc.get("runAsNonRoot") is not True:
             problems.append(f"{where}: runAsNonRoot not set")
+        if psc.get("runAsUser") == 0:
+            problems.append(f"{where}: runs as root (runAsUser 0)")
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(host):
+                problems.append(f"{where}: {host} shares the node's")
         if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             problems.append(f"{where}: seccompProfile not RuntimeDefault")
         if spec.get("automountServiceAccountToken") is not False:
@@ -146,6 +232,10 @@ def hardening_problems(objs) -> list[str]:
                 problems.append(f"{cwhere}: root filesystem writable")
             if sc.get("capabilities", {}).get("drop") != ["ALL"]:
                 problems.append(f"{cwhere}: capabilities not dropped")
+            if sc.get("capabilities", {}).get("add"):
+                problems.append(f"{cwhere}: adds capabilities {sc['capabilities']['add']}")
+            if sc.get("runAsUser") == 0 or sc.get("runAsNonRoot") is False:
+                problems.append(f"{cwhere}: runs as root")
             if sc.get("privileged"):
                 problems.append(f"{cwhere}: privileged")
             res = c.get("resources", {})
@@ -155,24 +245,21 @@ def hardening_problems(objs) -> list[str]:
                         problems.append(f"{cwhere}: no {resource} {kind}")
             image = c["image"]
             tag = image.rsplit("/", 1)[-1].partition(":")[2].split("@")[0]
-            if not tag or tag == "latest":
+            # A release number; `stable`, `2` or `2.15` move under the same name.
+            if "@sha256:" not in image and not re.fullmatch(r"v?\d+\.\d+\.\d+([-+.][\w.-]+)?", tag):
                 problems.append(f"{cwhere}: image {image} not pinned by tag")
     return problems
 
 
 def _env_problems(where, container, objs):
     """Every $(VAR) must resolve, or the service gets the literal text as its URL."""
-    known: set[str] = set()
+    known = secret_env_names(container) - {e["name"] for e in container.get("env", [])}
     for ref in container.get("envFrom", []):
-        prefix = ref.get("prefix", "")
         if "configMapRef" in ref:
-            cm = config_map(objs, ref["configMapRef"]["name"].rsplit("-", 1)[0]) or \
-                config_map(objs, ref["configMapRef"]["name"])
+            cm = referenced_config_map(objs, ref["configMapRef"]["name"])
             if cm is None:
                 return [f"{where}: ConfigMap {ref['configMapRef']['name']} missing"]
-            known |= {prefix + k for k in cm["data"]}
-        elif prefix:
-            known |= {prefix + k for k in BASIC_AUTH_KEYS}
+            known |= {ref.get("prefix", "") + k for k in cm["data"]}
     problems = []
     for e in container.get("env", []):
         for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
@@ -184,8 +271,6 @@ def _env_problems(where, container, objs):
 
 def service_problems(objs) -> list[str]:
     problems = []
-    common = config_map(objs, "referral-system-common")
-    grace = int(common["data"]["SHUTDOWN_GRACE_SECONDS"])
     deployments = {d["metadata"]["name"]: d for d in service_deployments(objs)}
     if set(deployments) != set(SERVICES):
         problems.append(f"service Deployments are {sorted(deployments)}")
@@ -208,12 +293,35 @@ def service_problems(objs) -> list[str]:
             grpc = c.get(probe, {}).get("grpc")
             if not grpc or grpc.get("port") != grpc_port:
                 problems.append(f"{where}: {probe} is not a gRPC probe on {grpc_port}")
+            if c.get(probe, {}).get("timeoutSeconds", 1) not in PROBE_TIMEOUT_SECONDS:
+                problems.append(f"{where}: {probe} timeoutSeconds not within {PROBE_TIMEOUT_SECONDS.start}-"
+                                f"{PROBE_TIMEOUT_SECONDS.stop - 1} s")
         if c.get("readinessProbe", {}).get("grpc", {}).get("service") != health_name:
             problems.append(f"{where}: readiness does not ask for {health_name}")
+        env = container_env(objs, c)
+        grace = seconds(env, "SHUTDOWN_GRACE_SECONDS")
+        if grace is None:
+            problems.append(f"{where}: SHUTDOWN_GRACE_SECONDS not set")
+            grace = 0.0
+        # After preStop, SIGTERM: in-flight calls get SHUTDOWN_GRACE_SECONDS, a consumer may be
+        # in a CP-SAT solve (scheduling; a solve cannot be interrupted), the broker drains.
+        # Added up one after the other, which covers any order ServiceApp.stop runs them in.
+        solve = seconds(env, "SCHEDULER_TIME_LIMIT_SECONDS") if name == "scheduling" else 0.0
+        if solve is None:
+            problems.append(f"{where}: SCHEDULER_TIME_LIMIT_SECONDS not set")
+            solve = 0.0
         pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-        needed = pre_stop + grace + SHUTDOWN_MARGIN_SECONDS
+        needed = pre_stop + solve + grace + nats_drain_seconds() + SHUTDOWN_MARGIN_SECONDS
         if spec.get("terminationGracePeriodSeconds", 30) < needed:
-            problems.append(f"{where}: terminationGracePeriodSeconds below {needed}")
+            problems.append(f"{where}: terminationGracePeriodSeconds below {needed:g}")
+        age = seconds(env, "GRPC_MAX_CONNECTION_AGE_SECONDS") or 0.0
+        if not 0 < age <= MAX_CONNECTION_AGE_SECONDS:
+            problems.append(f"{where}: GRPC_MAX_CONNECTION_AGE_SECONDS not within 1-{MAX_CONNECTION_AGE_SECONDS}: "
+                            "clinics' connections stay on the old replicas")
+        if (seconds(env, "GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS") or 0.0) < grace:
+            problems.append(f"{where}: GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS below SHUTDOWN_GRACE_SECONDS")
+        if env.get("MIGRATE_ON_START") != "false":
+            problems.append(f"{where}: migrates at start (MIGRATE_ON_START not false); the Job migrates")
         tmp_volumes = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
         if not any(m["mountPath"] == "/tmp" and m["name"] in tmp_volumes for m in c.get("volumeMounts", [])):
             problems.append(f"{where}: no writable emptyDir at /tmp")
@@ -241,7 +349,8 @@ def availability_problems(objs, overlay) -> list[str]:
     for d in service_deployments(objs):
         name = d["metadata"]["name"]
         labels = d["spec"]["template"]["metadata"]["labels"]
-        has_pdb = any(selects(p["spec"]["selector"], labels) for p in pdbs.values())
+        budgets = [p for p in pdbs.values() if selects(p["spec"]["selector"], labels)]
+        has_pdb = bool(budgets)
         hpa = next((h for h in hpas.values() if h["spec"]["scaleTargetRef"] ==
                     {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}), None)
         if overlay == "prod":
@@ -249,6 +358,15 @@ def availability_problems(objs, overlay) -> list[str]:
                 problems.append(f"{name}: no PodDisruptionBudget in prod")
             if hpa is None or hpa["spec"].get("minReplicas", 1) < 2:
                 problems.append(f"{name}: no HorizontalPodAutoscaler with minReplicas >= 2 in prod")
+            # A budget that allows no eviction at the fewest replicas blocks every node drain.
+            fewest = hpa["spec"].get("minReplicas", 1) if hpa else d["spec"].get("replicas", 1)
+            for pdb in budgets:
+                spec = pdb["spec"]
+                allowed = (scaled(spec["maxUnavailable"], fewest) if "maxUnavailable" in spec
+                           else fewest - scaled(spec.get("minAvailable", 0), fewest))
+                if allowed < 1:
+                    problems.append(f"PodDisruptionBudget/{pdb['metadata']['name']}: never allows an eviction "
+                                    f"at {fewest} replicas")
             if "replicas" in d["spec"]:
                 problems.append(f"{name}: fixed replicas fight the autoscaler")
         else:
@@ -339,7 +457,7 @@ def secret_problems(objs) -> list[str]:
     for s in of_kind(objs, "Secret"):
         if s.get("data") or s.get("stringData"):
             problems.append(f"Secret/{s['metadata']['name']} commits secret values")
-    sensitive = re.compile(r"PASSWORD|SECRET|PRIVATE|PII_|ACCESS_KEY")
+    sensitive = re.compile(r"PASSWORD|SECRET|PRIVATE|TOKEN|CREDENTIAL|PII_|ACCESS_KEY")
     for cm in of_kind(objs, "ConfigMap"):
         for key in cm.get("data", {}):
             if sensitive.search(key):
@@ -388,12 +506,17 @@ def network_problems(objs) -> list[str]:
         if not _opens(ingress, by_name["grpc"], cports):
             problems.append(f"{name}: clients cannot reach the gRPC port")
         metrics = _opens(ingress, by_name["metrics"], cports)
-        if not metrics or any(not r.get("from") for r in metrics):
+        if not metrics or any(not r.get("from") or not all(map(named_peer, r["from"])) for r in metrics):
             problems.append(f"{name}: metrics must be open to Prometheus only")
         open_ports = {port_value(p["port"], cports) for r in ingress for p in r.get("ports", [])}
         if open_ports - set(by_name.values()):
             problems.append(f"{name}: ingress open on ports it does not serve")
         egress = [r for p in _policies_for(objs, labels, "Egress") for r in p["spec"].get("egress", [])]
+        # Without `to` a rule opens its ports towards every address; the internet is notify's
+        # alone, through an ipBlock that excludes the private ranges.
+        if any(not r.get("to") or not all("ipBlock" in peer or named_peer(peer) for peer in r["to"])
+               for r in egress):
+            problems.append(f"{name}: egress rule open to every destination")
         for target, port in ((nats_labels, 4222), (pg_labels, 5432)):
             if not any(selects(peer.get("podSelector", {"matchLabels": {"-": "-"}}), target)
                        for r in _opens(egress, port, cports) for peer in r.get("to", [])):
@@ -405,14 +528,114 @@ def network_problems(objs) -> list[str]:
             problems.append("notify: vendor receipts cannot reach port 8080")
     for labels, port, what in ((nats_labels, 4222, "NATS"), (pg_labels, 5432, "PostgreSQL")):
         ingress = [r for p in _policies_for(objs, labels, "Ingress") for r in p["spec"].get("ingress", [])]
-        if not _opens(ingress, port, []) or any(not r.get("from") for r in ingress):
+        if not _opens(ingress, port, []) or any(not r.get("from") or not all(map(named_peer, r["from"]))
+                                                for r in ingress):
             problems.append(f"{what}: ingress not limited to named peers")
+    return problems
+
+
+def namespace_problems(objs) -> list[str]:
+    namespaces = of_kind(objs, "Namespace")
+    if len(namespaces) != 1:
+        return [f"{len(namespaces)} Namespaces"]
+    name = namespaces[0]["metadata"]["name"]
+    problems = []
+    # The API server then refuses any pod without the hardening above, even one added by hand.
+    if namespaces[0]["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":
+        problems.append(f"Namespace/{name}: Pod Security 'restricted' not enforced")
+    problems += [f"{w['kind']}/{w['metadata']['name']}: outside Namespace/{name}"
+                 for w in workloads(objs) if w["metadata"].get("namespace") != name]
+    return problems
+
+
+def migration_problems(objs) -> list[str]:
+    """The Job must be recreated, not updated, on every release: its pod template is
+    immutable and names the hashed ConfigMaps, so a changed setting changes it."""
+    job = named(objs, "Job", "schema-migrate")
+    if job is None:
+        return ["no schema-migrate Job"]
+    problems = []
+    annotations = job["metadata"].get("annotations", {})
+    # PreSync would run before this sync's database and ConfigMaps exist.
+    if annotations.get("argocd.argoproj.io/hook") != "Sync":
+        problems.append("schema-migrate: not an Argo CD Sync hook")
+    if "BeforeHookCreation" not in annotations.get("argocd.argoproj.io/hook-delete-policy", "").split(","):
+        problems.append("schema-migrate: Argo CD would update the finished Job instead of recreating it")
+    if job["spec"].get("ttlSecondsAfterFinished", 0) < 3600:
+        problems.append("schema-migrate: ttlSecondsAfterFinished unset or too short to wait for the Job and "
+                        "read its logs")
+    for o in objs:
+        if o["kind"] in ("ConfigMap", "StatefulSet", "Cluster") and wave(o) >= wave(job):
+            problems.append(f"{o['kind']}/{o['metadata']['name']}: sync-wave not before the migration's")
+    for d in service_deployments(objs):
+        if wave(d) <= wave(job):
+            problems.append(f"Deployment/{d['metadata']['name']}: sync-wave not after the migration's")
+    for c in pod_spec(job)["containers"]:
+        problems += _env_problems(f"Job/schema-migrate/{c['name']}", c, objs)
+    return problems
+
+
+def connection_problems(objs) -> list[str]:
+    """Every service pod at its most (HPA maximum, or replicas, plus a rollout's surge) with
+    full pools, and the migration Job, must fit PostgreSQL's max_connections."""
+    clusters = [o for o in objs if o["apiVersion"] == "postgresql.cnpg.io/v1" and o["kind"] == "Cluster"]
+    if len(clusters) != 1:
+        return [f"{len(clusters)} CloudNativePG Clusters"]
+    params = clusters[0]["spec"].get("postgresql", {}).get("parameters", {})
+    problems = []
+    needed = (int(params.get("superuser_reserved_connections", 3)) + int(params.get("reserved_connections", 0))
+              + ADMIN_CONNECTIONS)
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(objs, "HorizontalPodAutoscaler")}
+    for d in service_deployments(objs):
+        name = d["metadata"]["name"]
+        env = container_env(objs, pod_spec(d)["containers"][0])
+        if not env.get("DB_POOL_MAX"):
+            problems.append(f"{name}: DB_POOL_MAX not set, so its connections depend on the code's default")
+            continue
+        replicas = hpas[name]["spec"]["maxReplicas"] if name in hpas else d["spec"].get("replicas", 1)
+        strategy = d["spec"].get("strategy", {})
+        surge = 0 if strategy.get("type") == "Recreate" else \
+            scaled(strategy.get("rollingUpdate", {}).get("maxSurge", "25%"), replicas)
+        # Each worker process (<SERVICE>_WORKERS, else GRPC_WORKERS) is a full replica.
+        workers = int(env.get(f"{name.upper()}_WORKERS") or env.get("GRPC_WORKERS") or 1)
+        needed += (replicas + surge) * workers * (int(env["DB_POOL_MAX"]) + EXTRA_CONNECTIONS[name])
+    job = named(objs, "Job", "schema-migrate")
+    if job:  # one connection per migrating container
+        needed += len(pod_spec(job)["containers"]) * job["spec"].get("parallelism", 1)
+    max_connections = int(params.get("max_connections", 100))
+    if needed > max_connections:
+        problems.append(f"PostgreSQL: max_connections {max_connections} below the {needed} the services, "
+                        "the migration and the reserved slots can open")
+    return problems
+
+
+def url_problems(objs) -> list[str]:
+    settings = [(f"ConfigMap/{cm['metadata']['name']}", key, value, set())
+                for cm in of_kind(objs, "ConfigMap") for key, value in (cm.get("data") or {}).items()]
+    for w in workloads(objs):
+        for c in pod_spec(w).get("initContainers", []) + pod_spec(w)["containers"]:
+            settings += [(f"{w['kind']}/{w['metadata']['name']}/{c['name']}", e["name"], e["value"],
+                          secret_env_names(c)) for e in c.get("env", []) if "value" in e]
+    problems = []
+    for where, key, value, from_secrets in settings:
+        if key in SERVER_URL_KEYS:
+            # Only a $(VAR) the kubelet fills from a Secret; a ConfigMap cannot expand one.
+            password = urlsplit(value).password
+            ref = re.fullmatch(r"\$\((\w+)\)", password or "")
+            if password and not (ref and ref.group(1) in from_secrets):
+                problems.append(f"{where}: {key} holds a password; take it from a Secret")
+        elif VENDOR_URL_KEY.fullmatch(key):
+            url = urlsplit(value)
+            if url.scheme != "https" or not url.hostname:
+                problems.append(f"{where}: {key}={value!r} is not an https URL with a host")
     return problems
 
 
 def dockerfile_problems(text: str) -> list[str]:
     problems = []
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    # One entry per instruction: continuation lines joined.
+    text = re.sub(r"\\\n", " ", "\n".join(ln for ln in text.splitlines() if not ln.strip().startswith("#")))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", "\n".join(lines), re.M))
     stages = [re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), ln.split()[1])
               for ln in lines if ln.upper().startswith("FROM ")]
@@ -421,20 +644,109 @@ def dockerfile_problems(text: str) -> list[str]:
     for image in stages:
         if not re.search(r":\d+\.\d+\.\d+", image) and "@sha256:" not in image:
             problems.append(f"Dockerfile: base {image} not pinned to a full version")
-    last_from = max((i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")), default=0)
-    runtime = lines[last_from:]
+    starts = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")] or [0]
+    runtime = lines[starts[-1]:]
     users = [ln.split()[1] for ln in runtime if ln.upper().startswith("USER ")]
     if not users or not re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", users[-1]):
         problems.append("Dockerfile: runtime stage does not end as a numeric non-root USER")
     runtime_text = "\n".join(runtime)
-    for dev_only in ("grpcio-tools", "pytest", "[dev]", "buf-bin", "kubectl"):
-        if dev_only in runtime_text:
-            problems.append(f"Dockerfile: runtime stage installs {dev_only}")
+    dev_only = ("grpcio-tools", "pytest", "[dev]", "optional-dependencies", "buf-bin", "kubectl")
+    problems += [f"Dockerfile: runtime stage installs {name}" for name in dev_only if name in runtime_text]
+    # The runtime takes only what it names: the whole build context would bring tests,
+    # fakes and whatever else lies in the checkout.
+    for ln in runtime:
+        instruction, *words = ln.split()
+        sources = [w for w in words if not w.startswith("--")][:-1]
+        if instruction.upper() in ("COPY", "ADD") and not any(w.startswith("--from") for w in words) and \
+                any(s in (".", "./", "*", "./*") for s in sources):
+            problems.append(f"Dockerfile: runtime stage copies the whole build context ({ln})")
+    # What a build stage installs reaches the runtime when the runtime copies where it went:
+    # a path named in the install, or a virtualenv first on the PATH.
+    copied = {}
+    for ln in runtime:
+        found = re.match(r"COPY\s+--from=(\S+)\s+(\S+)", ln, re.I)
+        if found:
+            copied.setdefault(found.group(1), []).append(found.group(2).rstrip("/"))
+    for index, (start, end) in enumerate(zip(starts, starts[1:])):
+        stage = lines[start:end]
+        name = stage[0].split()[-1] if re.search(r"\sAS\s", stage[0], re.I) else str(index)
+        paths = copied.get(name, [])
+        on_path = False
+        for ln in stage:
+            if ln.upper().startswith("ENV ") and "PATH=" in ln and any(f"{p}/bin" in ln for p in paths):
+                on_path = True
+            if "pip install" in ln and (on_path or any(p in ln for p in paths)):
+                problems += [f"Dockerfile: build stage {name} installs {dev} into what the runtime copies"
+                             for dev in dev_only if dev in ln]
     if not re.search(r"PYTHONPATH=\S*/app/gen", runtime_text):
         problems.append("Dockerfile: PYTHONPATH lacks /app/gen")
     if "grpc_tools.protoc" not in text or not re.search(r"COPY --from=\S+ \S*gen", text):
         problems.append("Dockerfile: generated protos are not built and copied")
     return problems
+
+
+# --- the configuration reference (docs/CONFIGURATION.md) ----------------------------
+
+CONFIG_DOC = REPO / "docs" / "CONFIGURATION.md"
+MANIFEST_ONLY_HEADING = "\n## Only in the Kubernetes manifests"
+ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+")
+
+
+@functools.cache
+def env_readers() -> frozenset[str]:
+    """Calls whose first or second argument names a variable: the methods of
+    services.common.config.Reader, Settings.get, os.environ.get, getenv, and _env* helpers."""
+    tree = ast.parse((REPO / "services/common/config.py").read_text())
+    methods = {f.name for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Reader"
+               for f in c.body if isinstance(f, ast.FunctionDef) and not f.name.startswith("__")}
+    return frozenset(methods | {"get", "getenv"})
+
+
+def env_names_read(source: str) -> tuple[set[str], set[str]]:
+    """The variables a module reads, and regular expressions for those it reads by a
+    computed name (f"{vendor.upper()}_SMS_PARAM_MAX").
+
+    A name counts when it is an argument of a reader call or os.environ[...], or, in a
+    module that builds a config Reader, any such literal (names kept in tables there)."""
+    tree = ast.parse(source)
+    constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                 for target in node.targets if isinstance(target, ast.Name)}
+    names: set[str] = set()
+    patterns: set[str] = set()
+
+    def take(node) -> None:
+        value = node.value if isinstance(node, ast.Constant) else \
+            constants.get(node.id) if isinstance(node, ast.Name) else None
+        if isinstance(value, str) and ENV_NAME.fullmatch(value):
+            names.add(value)
+        elif isinstance(node, ast.JoinedStr) and all(
+                isinstance(v, ast.FormattedValue) or re.fullmatch(r"[A-Z0-9_]*", v.value) for v in node.values):
+            patterns.add("".join("[A-Z0-9_]+" if isinstance(v, ast.FormattedValue) else v.value
+                                 for v in node.values))
+
+    def called(node) -> str:
+        return node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+
+    settings_module = any(isinstance(n, ast.Call) and called(n) in ("reader", "Reader") for n in ast.walk(tree))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and (called(node) in env_readers() or called(node).startswith("_env")):
+            for argument in node.args[:2]:
+                take(argument)
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and \
+                ast.unparse(node.value).endswith("environ"):
+            take(node.slice)
+        elif settings_module and isinstance(node, ast.Constant):
+            take(node)
+    return names, patterns
+
+
+def documented_env_names() -> tuple[set[str], set[str]]:
+    """(variables the services read, variables only the manifests use), from the tables."""
+    def names(text):
+        return {n for cell in re.findall(r"^\|([^|\n]*)\|", text, re.M) for n in re.findall(r"`(\w+)`", cell)}
+    read, _, manifest_only = CONFIG_DOC.read_text().partition(MANIFEST_ONLY_HEADING)
+    return names(read), names(manifest_only)
 
 
 ALL_CHECKS = {
@@ -445,6 +757,10 @@ ALL_CHECKS = {
     "postgres": postgres_problems,
     "secrets": lambda objs, overlay: secret_problems(objs),
     "network": lambda objs, overlay: network_problems(objs),
+    "namespace": lambda objs, overlay: namespace_problems(objs),
+    "migration": lambda objs, overlay: migration_problems(objs),
+    "connections": lambda objs, overlay: connection_problems(objs),
+    "urls": lambda objs, overlay: url_problems(objs),
 }
 
 
@@ -471,7 +787,31 @@ def test_two_step_apply_starts_services_after_migration(overlay):
     assert second == sorted(SERVICES)
     assert all(o["kind"] == "Deployment" for o in objs if o["metadata"]["name"] in second
                and o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "grpc-service")
-    assert "app.kubernetes.io/component!=grpc-service" in (K8S / "README.md").read_text()
+    readme = (K8S / "README.md").read_text()
+    assert "app.kubernetes.io/component!=grpc-service" in readme
+    # The finished Job of the last release must go first: its template cannot be updated.
+    first_apply = readme.index("kubectl apply -k")
+    assert "delete job -l app.kubernetes.io/component=schema-migration" in readme[:first_apply]
+
+
+def test_readme_commands_name_the_namespace():
+    """The commands run against whatever namespace the kubeconfig is on, unless told."""
+    commands = [ln.strip() for block in re.findall(r"```sh\n(.*?)```", (K8S / "README.md").read_text(), re.S)
+                for ln in block.splitlines() if ln.strip().startswith("kubectl ")]
+    # apply -k takes the overlay's namespace; the namespace itself has none.
+    unscoped = [c for c in commands if not re.match(r"kubectl (apply -k|kustomize|create namespace)", c)
+                and "-n $NS" not in c]
+    assert commands and unscoped == []
+
+
+def test_readme_says_make_test_starts_its_own_servers():
+    """tests/conftest.py ignores DATABASE_URL and NATS_URL; the README and its docstring
+    must not promise otherwise."""
+    conftest = (REPO / "tests" / "conftest.py").read_text()
+    assert not {"DATABASE_URL", "NATS_URL"} & env_names_read(conftest)[0]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "`make test` always starts its own servers" in readme
+    assert "DATABASE_URL and NATS_URL are ignored" in " ".join(ast.get_docstring(ast.parse(conftest)).split())
 
 
 def test_dockerfile():
@@ -481,6 +821,60 @@ def test_dockerfile():
 def test_dockerignore_keeps_local_state_out_of_the_image():
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".venv", ".git", ".data", "gen", "tests"} <= {i.strip("/*") for i in ignored}
+
+
+def test_configuration_reference_lists_exactly_what_the_code_reads():
+    read, patterns = set(), set()
+    for module in (REPO / "services").rglob("*.py"):
+        names, computed = env_names_read(module.read_text())
+        read |= names
+        patterns |= computed
+    documented, manifest_only = documented_env_names()
+    assert sorted(read - documented) == [], "read by services/ but not in docs/CONFIGURATION.md"
+    assert sorted(p for p in patterns if not any(re.fullmatch(p, n) for n in documented)) == [], \
+        "computed names with no variable in docs/CONFIGURATION.md"
+    stale = {n for n in documented - read if not any(re.fullmatch(p, n) for p in patterns)}
+    assert sorted(stale) == [], "in docs/CONFIGURATION.md but read nowhere"
+    assert sorted(manifest_only & read) == [], "read by the code, so not manifest-only"
+    assert "docs/CONFIGURATION.md" in (REPO / "README.md").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_variable_the_manifests_set_is_documented(overlay):
+    """A misspelt setting is silently ignored by the code; the reference does not know it."""
+    objs = rendered(overlay)
+    documented, manifest_only = documented_env_names()
+    set_here = {name for w in workloads(objs) if w in service_deployments(objs) or w["kind"] == "Job"
+                for c in pod_spec(w)["containers"]
+                for name in container_env(objs, c).keys() | {e["name"] for e in c.get("env", [])}}
+    assert sorted(set_here - documented - manifest_only) == []
+    expanded = set(re.findall(r"\$\((\w+)\)", yaml.safe_dump_all(objs)))
+    assert sorted(manifest_only ^ expanded) == [], "manifest-only variables are the $(...) expansions"
+
+
+def test_env_scanner_finds_every_way_the_code_reads_a_variable():
+    reads = """
+import os
+WORKER_ENV = "W_INDEX"
+a = os.environ.get("A_ONE", "x")
+b = os.environ["B_TWO"]
+c = _env_int("C_THREE", 1)
+d = settings.get("D_FOUR") or r.number("E_FIVE", 1.0, minimum=0.0)
+g = self.env.get(f"{svc.upper()}_GRPC_PORT", 1)
+h = os.environ.get(WORKER_ENV)
+i = os.environ["NOT_READ"] = "1"
+j = {"X": 1}.get("Mixed_Case") or reasons.get_text("NO_SHOW")
+"""
+    assert env_names_read(reads) == ({"A_ONE", "B_TWO", "C_THREE", "D_FOUR", "E_FIVE", "W_INDEX"},
+                                     {"[A-Z0-9_]+_GRPC_PORT"})
+    # Where a Reader is built, names kept in tables count too.
+    table = """
+_SMS = {"aliyun": ("ALIYUN_SMS_ENDPOINT", {"ALIYUN_ACCESS_KEY_ID": "access_key_id"})}
+r = settings.reader()
+region = r.text("ALIYUN_REGION_ID" if vendor == "aliyun" else "TENCENT_SMS_REGION")
+"""
+    assert env_names_read(table)[0] == {"ALIYUN_SMS_ENDPOINT", "ALIYUN_ACCESS_KEY_ID", "ALIYUN_REGION_ID",
+                                        "TENCENT_SMS_REGION"}
 
 
 # --- the checker must fail when a property is lost --------------------------------
@@ -556,6 +950,135 @@ def _token_mounted(objs):
     pod_spec(_deployment(objs))["automountServiceAccountToken"] = True
 
 
+def _setting(objs, config, name, value):
+    config_map(objs, config)["data"][name] = value
+
+
+def _env_value(objs, deployment, name, value):
+    env = pod_spec(_deployment(objs, deployment))["containers"][0]["env"]
+    next(e for e in env if e["name"] == name)["value"] = value
+
+
+def _job(objs):
+    return named(objs, "Job", "schema-migrate")
+
+
+def _policy_rules(objs, policy, direction):
+    return named(objs, "NetworkPolicy", policy)["spec"][direction]
+
+
+def _http_less_endpoint(objs):
+    _setting(objs, "notify-config", "ALIYUN_SMS_ENDPOINT", "dysmsapi.aliyuncs.com")
+
+
+def _password_in_database_url(objs):
+    _env_value(objs, "referral", "DATABASE_URL", "postgresql://referral:hunter2@$(DB_HOST):5432/referral_system")
+
+
+def _database_url_in_config_map(objs):
+    _setting(objs, "referral-config", "DATABASE_URL", "postgresql://referral:hunter2@consortium-pg-rw/referral_system")
+
+
+def _more_replicas(objs):
+    named(objs, "HorizontalPodAutoscaler", "referral")["spec"]["maxReplicas"] = 30
+
+
+def _bigger_pool(objs):
+    _setting(objs, "referral-config", "DB_POOL_MAX", "20")
+
+
+def _more_workers(objs):
+    _setting(objs, "referral-config", "REFERRAL_WORKERS", "2")
+
+
+def _migration_as_presync(objs):
+    _job(objs)["metadata"]["annotations"]["argocd.argoproj.io/hook"] = "PreSync"
+
+
+def _migration_updated_in_place(objs):
+    del _job(objs)["metadata"]["annotations"]["argocd.argoproj.io/hook-delete-policy"]
+
+
+def _migration_kept_forever(objs):
+    del _job(objs)["spec"]["ttlSecondsAfterFinished"]
+
+
+def _migration_with_services(objs):
+    _job(objs)["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] = "2"
+
+
+def _migrates_at_start(objs):
+    env = pod_spec(_deployment(objs, "scheduling"))["containers"][0]["env"]
+    env[:] = [e for e in env if e["name"] != "MIGRATE_ON_START"]
+
+
+def _unresolved_job_env(objs):
+    envs = pod_spec(_job(objs))["containers"][2]["envFrom"]
+    envs[:] = [e for e in envs if "secretRef" not in e]
+
+
+def _longer_grace_in_one_service(objs):
+    _setting(objs, "scheduling-config", "SHUTDOWN_GRACE_SECONDS", "40")
+
+
+def _longer_solve(objs):
+    _setting(objs, "scheduling-config", "SCHEDULER_TIME_LIMIT_SECONDS", "30")
+
+
+def _connections_never_age(objs):
+    del config_map(objs, "referral-system-common")["data"]["GRPC_MAX_CONNECTION_AGE_SECONDS"]
+
+
+def _short_age_grace(objs):
+    _setting(objs, "notify-config", "GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS", "5")
+
+
+def _default_probe_timeout(objs):
+    del pod_spec(_deployment(objs))["containers"][0]["livenessProbe"]["timeoutSeconds"]
+
+
+def _egress_anywhere(objs):
+    _policy_rules(objs, "grpc-services-egress", "egress").append({"ports": [{"protocol": "TCP", "port": 443}]})
+
+
+def _metrics_from_every_namespace(objs):
+    _policy_rules(objs, "grpc-services-ingress", "ingress")[1]["from"] = [{"namespaceSelector": {}}]
+
+
+def _postgres_from_every_namespace(objs):
+    _policy_rules(objs, "postgres", "ingress")[0]["from"].append({"namespaceSelector": {}})
+
+
+def _token_in_config_map(objs):
+    _setting(objs, "notify-config", "WECHAT_EVENT_TOKEN", "wx-token")
+
+
+def _added_capability(objs):
+    pod_spec(_deployment(objs))["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]
+
+
+def _host_network(objs):
+    pod_spec(_deployment(objs, "notify"))["hostNetwork"] = True
+
+
+def _container_root(objs):
+    pod_spec(_job(objs))["containers"][0]["securityContext"]["runAsUser"] = 0
+
+
+def _baseline_namespace(objs):
+    of_kind(objs, "Namespace")[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline"
+
+
+def _stable_tag(objs):
+    pod_spec(_deployment(objs))["containers"][0]["image"] = "registry.example.org/x/referral-system:stable"
+
+
+def _pdb_blocks_drains(objs):
+    spec = named(objs, "PodDisruptionBudget", "referral")["spec"]
+    del spec["maxUnavailable"]
+    spec["minAvailable"] = "100%"
+
+
 @pytest.mark.parametrize("mutate, check, expected", [
     (_drop_readiness, "services", "readinessProbe is not a gRPC probe"),
     (_http_liveness, "services", "livenessProbe is not a gRPC probe"),
@@ -573,6 +1096,33 @@ def _token_mounted(objs):
     (_two_nats, "nats", "not 3 nodes"),
     (_no_migration, "postgres", "schema-migrate Job does not migrate"),
     (_single_postgres, "postgres", "1 instances in prod"),
+    (_http_less_endpoint, "urls", "ALIYUN_SMS_ENDPOINT='dysmsapi.aliyuncs.com' is not an https URL"),
+    (_password_in_database_url, "urls", "DATABASE_URL holds a password"),
+    (_database_url_in_config_map, "urls", "DATABASE_URL holds a password"),
+    (_more_replicas, "connections", "max_connections 400 below"),
+    (_bigger_pool, "connections", "max_connections 400 below"),
+    (_more_workers, "connections", "max_connections 400 below"),
+    (_migration_as_presync, "migration", "not an Argo CD Sync hook"),
+    (_migration_updated_in_place, "migration", "instead of recreating it"),
+    (_migration_kept_forever, "migration", "ttlSecondsAfterFinished"),
+    (_migration_with_services, "migration", "Deployment/referral: sync-wave not after the migration's"),
+    (_migrates_at_start, "services", "Deployment/scheduling: migrates at start"),
+    (_unresolved_job_env, "migration", "uses $(DB_username) defined nowhere before it"),
+    (_longer_grace_in_one_service, "services", "Deployment/scheduling: terminationGracePeriodSeconds below"),
+    (_longer_solve, "services", "Deployment/scheduling: terminationGracePeriodSeconds below"),
+    (_connections_never_age, "services", "GRPC_MAX_CONNECTION_AGE_SECONDS not within"),
+    (_short_age_grace, "services", "Deployment/notify: GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS below"),
+    (_default_probe_timeout, "services", "livenessProbe timeoutSeconds not within"),
+    (_egress_anywhere, "network", "egress rule open to every destination"),
+    (_metrics_from_every_namespace, "network", "metrics must be open to Prometheus only"),
+    (_postgres_from_every_namespace, "network", "PostgreSQL: ingress not limited to named peers"),
+    (_token_in_config_map, "secrets", "holds WECHAT_EVENT_TOKEN"),
+    (_added_capability, "hardening", "adds capabilities"),
+    (_host_network, "hardening", "hostNetwork"),
+    (_container_root, "hardening", "Job/schema-migrate/referral: runs as root"),
+    (_baseline_namespace, "namespace", "Pod Security 'restricted' not enforced"),
+    (_stable_tag, "hardening", "not pinned by tag"),
+    (_pdb_blocks_drains, "availability", "never allows an eviction"),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_checker_flags_a_lost_property(mutate, check, expected):
     objs = rendered("prod")
@@ -592,7 +1142,16 @@ def test_schema_check_flags_an_invalid_object():
     (lambda t: re.sub(r"python:3\.11\.\d+", "python:3.11", t), "not pinned"),
     (lambda t: t + "\nRUN pip install '.[dev]'\n", "installs [dev]"),
     (lambda t: t.replace("/app/gen:", ""), "PYTHONPATH lacks /app/gen"),
-], ids=["root-user", "unpinned-base", "dev-deps", "no-gen-path"])
+    (lambda t: t.replace("# The code generator", "RUN /opt/venv/bin/pip install pytest\n# The code generator"),
+     "build stage build installs pytest into what the runtime copies"),
+    (lambda t: t.replace("# The code generator", "ENV PATH=/opt/venv/bin:$PATH\nRUN pip install '.[dev]'\n"
+                                                 "# The code generator"),
+     "build stage build installs [dev] into what the runtime copies"),
+    (lambda t: t.replace("['project']['dependencies']", "['project']['optional-dependencies']['dev']"),
+     "build stage build installs optional-dependencies"),
+    (lambda t: t.replace("COPY services /app/services", "COPY . /app"), "copies the whole build context"),
+], ids=["root-user", "unpinned-base", "dev-deps", "no-gen-path", "dev-deps-into-venv", "dev-deps-on-venv-path",
+        "dev-extra-requirements", "whole-context"])
 def test_dockerfile_checker_flags_a_lost_property(edit, expected):
     problems = dockerfile_problems(edit((REPO / "Dockerfile").read_text()))
     assert any(expected in p for p in problems), problems
