@@ -151,4 +151,6 @@ def _dispatch(r: Reader) -> DispatchSettings | None:
         caps=Caps(same_template_per_day=r.integer("NOTIFY_SMS_SAME_TEMPLATE_PER_DAY", 3, minimum=1),
                   per_day=r.integer("NOTIFY_SMS_PER_DAY", 8, minimum=1),
                   per_hour=r.integer("NOTIFY_SMS_PER_HOUR", 4, minimum=1),
-                  min_spacing=timedelta(seconds=r.number("NOTIFY_SMS_MIN_SPACING_SECONDS", 35.0, minimum=0.0))))
+                  min_spacing=timedelta(seconds=r.number("NOTIFY_SMS_MIN_SPACING_SECONDS", 35.0, minimum=0.0))),
+        settle_wait=timedelta(seconds=r.number("NOTIFY_TENCENT_SETTLE_SECONDS", 300.0, minimum=0.01)),
+        settle_pulls=r.integer("NOTIFY_TENCENT_SETTLE_PULLS", 3, minimum=1))

@@ -28,6 +28,7 @@ class _Scripted:
     code: str
     remaining: int
     message: str
+    action: str | None = None  # None: any request
 
 
 class RateWindows:
@@ -61,6 +62,7 @@ class FakeVendorServer:
         self.request_count = 0
         self._script: deque[_Scripted] = deque()
         self._late = 0
+        self._dropped = 0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -100,29 +102,40 @@ class FakeVendorServer:
     async def _late_answers(self, request: web.Request, handler: Callable) -> web.StreamResponse:
         taken = len(self.accepted)
         response = await handler(request)
-        if self._late and len(self.accepted) > taken:
+        if len(self.accepted) > taken and self._dropped:
+            self._dropped -= 1
+            if request.transport is not None:
+                request.transport.close()
+        elif len(self.accepted) > taken and self._late:
             self._late -= 1
             await asyncio.sleep(self.stall_seconds)
         return response
 
     # -- scripting -------------------------------------------------------------
 
-    def fail_next(self, code: str | int, times: int = 1, message: str = "scripted failure") -> None:
-        """The next ``times`` otherwise valid requests fail with ``code``."""
-        self._script.append(_Scripted(str(code), times, message))
+    def fail_next(self, code: str | int, times: int = 1, message: str = "scripted failure",
+                  action: str | None = None) -> None:
+        """The next ``times`` otherwise valid requests (of ``action`` only, if given) fail with ``code``."""
+        self._script.append(_Scripted(str(code), times, message, action))
 
     def answer_late(self, times: int = 1) -> None:
         """The next ``times`` messages the fake takes are answered only after ``stall_seconds``:
         the client gives up on a message the vendor did take, and will report by receipt."""
         self._late += times
 
-    def take_scripted(self) -> _Scripted | None:
-        if not self._script:
+    def drop_answer(self, times: int = 1) -> None:
+        """The next ``times`` messages the fake takes get no answer at all: the connection
+        closes once the message is recorded, as when the way back fails."""
+        self._dropped += times
+
+    def take_scripted(self, action: str | None = None) -> _Scripted | None:
+        """The first scripted failure for this request: one for any request, or for ``action``."""
+        head = next((s for s in self._script if s.action is None or s.action == action), None)
+        if head is None:
             return None
-        head = self._script[0]
         head.remaining -= 1
         if head.remaining <= 0:
-            self._script.popleft()
+            self._script.remove(head)
         return head
 
     async def transport_failure(self, scripted: _Scripted) -> web.Response | None:

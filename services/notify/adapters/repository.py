@@ -320,29 +320,45 @@ async def still_claimed(conn: asyncpg.Connection, delivery_id: uuid.UUID, claim:
 
 
 async def reschedule(conn: asyncpg.Connection, delivery_id: uuid.UUID, claim: uuid.UUID, due_at: datetime, *,
-                     reason: str, vendor_code: str | None = None, count_attempt: bool = True) -> bool:
-    """SENDING under `claim` -> PENDING; False if it is no longer so."""
+                     reason: str, vendor_code: str | None = None, count_attempt: bool = True,
+                     unsettled_since: datetime | None = None, failed_pull: bool = False) -> bool:
+    """SENDING under `claim` -> PENDING; False if it is no longer so. `unsettled_since`: the
+    attempt begun then may have reached the vendor unanswered; `failed_pull`: a status pull
+    about such an attempt failed (counted in settle_pulls)."""
     result = await conn.execute(
         """UPDATE deliveries SET status = 'PENDING', due_at = $2, lease_until = NULL, status_reason = $3,
                   vendor_code = COALESCE($4, vendor_code),
-                  attempts = CASE WHEN $5 THEN attempts ELSE attempts - 1 END, updated_at = now()
+                  attempts = CASE WHEN $5 THEN attempts ELSE attempts - 1 END,
+                  unsettled_since = COALESCE($7, unsettled_since),
+                  settle_pulls = settle_pulls + CASE WHEN $8 THEN 1 ELSE 0 END, updated_at = now()
            WHERE id = $1 AND status = 'SENDING' AND claim = $6""",
-        delivery_id, due_at, reason, vendor_code, count_attempt, claim)
+        delivery_id, due_at, reason, vendor_code, count_attempt, claim, unsettled_since, failed_pull)
+    return result.endswith(" 1")
+
+
+async def settled(conn: asyncpg.Connection, delivery_id: uuid.UUID, claim: uuid.UUID) -> bool:
+    """No earlier attempt's fate is open any more (the vendor has no report of it, or it will
+    not be asked again); False if the delivery is no longer SENDING under `claim`."""
+    result = await conn.execute(
+        """UPDATE deliveries SET unsettled_since = NULL, settle_pulls = 0, updated_at = now()
+           WHERE id = $1 AND status = 'SENDING' AND claim = $2""", delivery_id, claim)
     return result.endswith(" 1")
 
 
 async def finish(conn: asyncpg.Connection, delivery_id: uuid.UUID, claim: uuid.UUID, status: DeliveryStatus, *,
                  reason: str = "", vendor_code: str | None = None, vendor_message_id: str | None = None,
-                 sent_at: datetime | None = None, mobile_hash: str | None = None) -> bool:
+                 sent_at: datetime | None = None, mobile_hash: str | None = None,
+                 count_attempt: bool = True) -> bool:
     """SENDING under `claim` -> SENT / FAILED / CANCELLED / FELL_BACK; False if a receipt, a
     cancellation or a later claim (this one's lease ran out) already moved it."""
     result = await conn.execute(
         """UPDATE deliveries SET status = $2, status_reason = NULLIF($3, ''),
                   vendor_code = COALESCE($4, vendor_code), vendor_message_id = COALESCE($5, vendor_message_id),
                   sent_at = COALESCE($6, sent_at), mobile_hash = COALESCE($7, mobile_hash),
-                  lease_until = NULL, updated_at = now()
+                  attempts = CASE WHEN $9 THEN attempts ELSE attempts - 1 END,
+                  lease_until = NULL, unsettled_since = NULL, updated_at = now()
            WHERE id = $1 AND status = 'SENDING' AND claim = $8""",
-        delivery_id, status.value, reason, vendor_code, vendor_message_id, sent_at, mobile_hash, claim)
+        delivery_id, status.value, reason, vendor_code, vendor_message_id, sent_at, mobile_hash, claim, count_attempt)
     return result.endswith(" 1")
 
 

@@ -17,6 +17,8 @@ Settings (all optional on one machine):
   must exceed it by 10 s), NOTIFY_RETRY_BASE_SECONDS (30), NOTIFY_RETRY_MAX_SECONDS (1800), NOTIFY_MAX_ATTEMPTS (5)
   NOTIFY_SMS_SAME_TEMPLATE_PER_DAY (3), NOTIFY_SMS_PER_DAY (8), NOTIFY_SMS_PER_HOUR (4),
   NOTIFY_SMS_MIN_SPACING_SECONDS (35)
+  NOTIFY_TENCENT_SETTLE_SECONDS (300), NOTIFY_TENCENT_SETTLE_PULLS (3): the retry of a Tencent send whose
+  answer was lost (see service_layer.dispatch)
   NOTIFY_REMINDER_DAY_BEFORE_AT ("18:00"), NOTIFY_REMINDER_BEFORE_MINUTES (120), NOTIFY_TEMPLATES_FILE
   NOTIFY_CONTACT_RETENTION_DAYS (180), NOTIFY_CONTACT_PURGE_SECONDS (3600): see service_layer.retention
 Parsed and checked by services.notify.settings (a channel is complete or absent).

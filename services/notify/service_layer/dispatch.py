@@ -7,8 +7,21 @@ lease has that and the time to record it left, so a live sender finishes inside 
 A sender that dies mid-call leaves a lapsed lease: the row is claimed again and sent
 again with the same correlation id (the delivery id, Aliyun OutId / Tencent
 SessionContext), so a vendor call is at-least-once and a SENT delivery never goes out again.
-A lost answer (a timeout) is ambiguous: a receipt for the attempt settles the delivery
-even while it waits for its retry, and a retry goes out only if none has.
+
+A lost answer (a timeout, or a connection dropped after the request may have left) is
+ambiguous: the vendor may have taken the message. How its retry avoids a second message
+depends on the vendor:
+- Aliyun: its receipts echo the delivery id (OutId); a receipt for the attempt settles the
+  delivery even while it waits for its retry, and a retry goes out only if none has.
+- Tencent: its receipts do not echo the delivery id, but its status pull by number
+  (PullSmsSendStatusByPhoneNumber) does. The retry waits `settle_wait` for the carrier's
+  report to reach Tencent, then asks: a report of the attempt settles the delivery (SENT, then
+  delivered or not) and nothing is sent again; no report sends again. A pull that fails is
+  asked again later, never answered by a blind send, until `settle_pulls` have failed.
+- WeChat: a timed-out subscribe message may be sent twice. WeChat reports a message
+  (subscribe_msg_sent_event) only by the msgid its lost answer carried, and has no query by
+  our id, so nothing can tell whether it took the message; the retry goes out as for any
+  retryable failure.
 Every attempt counts, whatever ends it: after `retry.max_attempts` the delivery takes the
 way of a permanent failure (the next channel, else FAILED and the clinic told).
 """
@@ -29,7 +42,9 @@ from notify.v1 import events_pb2
 from services.common import outbox
 from services.common.logging import get_logger
 from services.notify.adapters import repository as repo
-from services.notify.adapters.channels import SendOutcome, SendStatus, SmsMessage, WeChatMessage
+from services.notify.adapters.channels import (SendOutcome, SendReport, SendStatus, SmsMessage, StatusQuery,
+                                               StatusQueryFailed, WeChatMessage)
+from services.notify.adapters.channels.base import normalize_cn_mobile
 from services.notify.domain.model import MOBILE_CONTEXT, SHANGHAI, Channel, DeliveryStatus
 from services.notify.domain.policy import Caps, RetryPolicy, cap_deferral
 from services.notify.domain.templates import Rendered, Template, TemplateError, render
@@ -50,6 +65,10 @@ FALLBACKS = Counter("notify_fallbacks_total", "Deliveries moved on to the patien
                     ("from_channel", "to_channel", "cause"))
 UNREACHED = Counter("notify_unreached_total",
                     "Essential messages no channel delivered: the clinic is asked to call.", ("channel",))
+SETTLE_PULLS = Counter("notify_settle_pulls_total",
+                       "Status pulls about sends whose answer was lost, by vendor and result: found (not sent "
+                       "again), not_found (sent again), failed (asked again later), failed_sent_anyway (the last "
+                       "one allowed: sent again, possibly twice).", ("vendor", "result"))
 
 
 @dataclass
@@ -78,6 +97,11 @@ class DispatchSettings:
     poll_seconds: float = 1.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     caps: Caps = field(default_factory=Caps)
+    # The least wait before the retry of a send whose answer was lost, where the vendor can be
+    # asked about it (Tencent): the carrier's report must reach the vendor first.
+    settle_wait: timedelta = timedelta(minutes=5)
+    # Failed status pulls after which that retry goes out unanswered.
+    settle_pulls: int = 3
 
     def __post_init__(self) -> None:
         if self.lease < self.send_timeout + RECORD_MARGIN:
@@ -226,6 +250,8 @@ class Dispatcher:
             code = tpl.aliyun if self._cfg.sms_vendor == "aliyun" else tpl.tencent
             message = SmsMessage(phone=mobile, template_code=code, params=rendered.sms_params,
                                  correlation_id=str(d["id"]))
+        if d["unsettled_since"] is not None and not await self._earlier_attempt_missing(d, n, message, mobile_hash):
+            return
         outcome = await self._send(d, n, client, message)
         if outcome is not None:
             await self._record(d, n, outcome, mobile_hash=mobile_hash)
@@ -258,7 +284,83 @@ class Dispatcher:
             async with asyncio.timeout(self._s.send_timeout.total_seconds()):
                 return await client.send(message)
         except TimeoutError:
-            return SendOutcome(SendStatus.RETRYABLE, "TIMEOUT", detail="no answer within the send timeout")
+            return SendOutcome(SendStatus.RETRYABLE, "TIMEOUT", detail="no answer within the send timeout",
+                               maybe_sent=True)
+
+    def _status_query(self, d) -> StatusQuery | None:
+        """The client that can tell whether an unanswered attempt of `d` reached its vendor."""
+        client = self._channels.sms
+        if d["channel"] != Channel.SMS.value or d["vendor"] != self._cfg.sms_vendor:
+            return None
+        return client if isinstance(client, StatusQuery) else None
+
+    async def _earlier_attempt_missing(self, d, n, message: SmsMessage, mobile_hash: str | None) -> bool:
+        """Whether the retry of an attempt whose answer was lost may go out: the vendor has
+        no report of that attempt. With a report, the delivery is the attempt's (recorded SENT,
+        then settled by the report as by a receipt) and nothing is sent; when the vendor cannot
+        say, the retry waits and asks again, at most `settle_pulls` times."""
+        query = self._status_query(d)
+        if query is None:
+            # The vendor changed since (SMS_VENDOR) and the new one cannot be asked: as before.
+            return True
+        if self._cfg.clock() + self._s.send_timeout + RECORD_MARGIN > d["lease_until"]:
+            await self._defer(d, self._cfg.clock(), "lease too short for a status pull", n)
+            return False
+        async with self._pool.acquire() as conn:
+            if not await repo.still_claimed(conn, d["id"], d["claim"]):
+                return False  # a receipt or a cancellation moved it meanwhile
+        try:
+            async with asyncio.timeout(self._s.send_timeout.total_seconds()):
+                report = await query.find_report(message.phone, message.correlation_id, d["unsettled_since"])
+        except (StatusQueryFailed, TimeoutError) as exc:
+            code = exc.outcome.vendor_code if isinstance(exc, StatusQueryFailed) else "TIMEOUT"
+            pulls = d["settle_pulls"] + 1
+            if pulls < self._s.settle_pulls:
+                SETTLE_PULLS.labels(d["vendor"], "failed").inc()
+                log.warning("status pull failed: the retry waits to ask again", delivery_id=str(d["id"]),
+                            code=code, pulls=pulls)
+                due = self._cfg.clock() + self._s.retry.delay(pulls, self._rng)
+                async with self._pool.acquire() as conn:
+                    await repo.reschedule(conn, d["id"], d["claim"], due, reason=f"status pull failed: {code}"[:200],
+                                          count_attempt=False, failed_pull=True)
+                return False
+            # The status API is down or refuses us: holding the message longer would leave the
+            # patient untold, and a second SMS is the lesser harm.
+            SETTLE_PULLS.labels(d["vendor"], "failed_sent_anyway").inc()
+            log.warning("status pulls keep failing: sending again, the patient may get the message twice",
+                        delivery_id=str(d["id"]), code=code, pulls=pulls)
+            report = None
+        else:
+            SETTLE_PULLS.labels(d["vendor"], "found" if report else "not_found").inc()
+        if report is not None:
+            await self._record_report(d, report, message, mobile_hash)
+            return False
+        # No status of the attempt after the settle wait: most likely the vendor never took it
+        # (the request died on the way). Else its report is late or lost, and the patient gets
+        # it twice; sending is still the right call, as waiting longer holds every message whose
+        # attempt truly failed, and a patient not told of an appointment is the worse harm.
+        async with self._pool.acquire() as conn:
+            return await repo.settled(conn, d["id"], d["claim"])
+
+    async def _record_report(self, d, report: SendReport, message: SmsMessage, mobile_hash: str | None) -> None:
+        """The earlier attempt went out: the delivery is SENT as of that attempt (this claim
+        sent nothing, so it is no attempt), and the vendor's report settles it as a receipt."""
+        now = self._cfg.clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await repo.finish(conn, d["id"], d["claim"], DeliveryStatus.SENT, vendor_code=report.code,
+                                     vendor_message_id=report.vendor_message_id, sent_at=d["unsettled_since"],
+                                     mobile_hash=mobile_hash, count_attempt=False):
+                return
+            self.sent += 1
+            # Kept as the vendor's receipt would be: its callback for the same message (maybe
+            # already here, unlinked, as it names no delivery) then applies once.
+            await repo.record_receipt(conn, vendor=d["vendor"], vendor_message_id=report.vendor_message_id,
+                                      phone_hash=self._pii.lookup_hash(normalize_cn_mobile(message.phone)),
+                                      code=report.code, delivered=report.delivered)
+            if await _apply_early_receipts(conn, d, report.vendor_message_id, now, self._cfg):
+                self.wake()
+        log.info("unanswered send found by a status pull: not sent again", delivery_id=str(d["id"]),
+                 delivered=report.delivered, code=report.code)
 
     def _mobile(self, n: asyncpg.Record) -> str | None:
         if not n["mobile_ciphertext"]:
@@ -318,11 +420,19 @@ class Dispatcher:
                 await repo.record_wechat_choices(conn, [(n["wechat_openid"], template_id, False, now)])
             if outcome.status is SendStatus.RETRYABLE and not self._s.retry.exhausted(d["attempts"]):
                 due = now + self._s.retry.delay(d["attempts"], self._rng)
+                # The retry of an attempt the vendor may have taken first asks the vendor, once
+                # the carrier's report can be there. The attempt is dated by its claim: before
+                # the request left, and by the database's wall clock, which the vendor's window
+                # is in (the policy clock need not be).
+                unsettled_since = None
+                if outcome.maybe_sent and self._status_query(d) is not None:
+                    due = max(due, now + self._s.settle_wait)
+                    unsettled_since = d["updated_at"]
                 if not (n["urgent"]) and self._cfg.quiet.contains(due):
                     due = self._cfg.quiet.next_allowed(due)
                 if n["expires_at"] is None or due < n["expires_at"]:
                     await repo.reschedule(conn, delivery_id, d["claim"], due, reason=f"retry: {outcome.detail}"[:200],
-                                          vendor_code=outcome.vendor_code)
+                                          vendor_code=outcome.vendor_code, unsettled_since=unsettled_since)
                     return
             await self._give_up_or_fall_back(conn, d, n, outcome, now)
 

@@ -153,6 +153,17 @@ async def publish(broker: messaging.Broker, event, referral: Referral, *, event_
     return env.event_id
 
 
+async def delivery_of(db, referral_id: str):
+    """The delivery of a referral's only message (None before it is planned)."""
+    return await db.fetchrow("SELECT d.* FROM notify.deliveries d JOIN notify.notifications n "
+                             "ON n.id = d.notification_id WHERE n.referral_id = $1", referral_id)
+
+
+async def has_status(db, referral_id: str, status: str) -> bool:
+    row = await delivery_of(db, referral_id)
+    return row is not None and row["status"] == status
+
+
 async def eventually(predicate, timeout: float = 10.0, interval: float = 0.1):
     deadline = asyncio.get_running_loop().time() + timeout
     last = None

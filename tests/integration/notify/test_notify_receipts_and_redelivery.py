@@ -16,12 +16,8 @@ from tests.fakes.sandbox import WECHAT_EVENT_TOKEN
 from tests.support.metrics import metric
 
 from .notify_support import (
-    AdjustableClock, Patient, Referral, eventually, local, new_openid, notify_service, publish, vendor_env)
-
-
-async def _delivery(db, referral_id):
-    return await db.fetchrow("SELECT d.* FROM notify.deliveries d JOIN notify.notifications n "
-                             "ON n.id = d.notification_id WHERE n.referral_id = $1", referral_id)
+    AdjustableClock, Patient, Referral, delivery_of, eventually, has_status, local, new_openid, notify_service, publish,
+    vendor_env)
 
 
 async def test_aliyun_receipt_marks_delivered_once(stack, monkeypatch, vendors, broker, db):
@@ -30,22 +26,17 @@ async def test_aliyun_receipt_marks_delivered_once(stack, monkeypatch, vendors, 
     async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (_, notify):
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(aliyun.accepted) == 1)
-        await eventually(lambda: _status(db, ref.referral_id, "SENT"))
+        await eventually(lambda: has_status(db, ref.referral_id, "SENT"))
         url = f"http://127.0.0.1:{notify.receipts.port}/receipts/aliyun"
         receipt = aliyun.receipt_for(aliyun.accepted[0])
         assert await aliyun.post_receipts(url, [receipt]) == (200, {"code": 0, "msg": "接收成功"})
-        first = await _delivery(db, ref.referral_id)
+        first = await delivery_of(db, ref.referral_id)
         # The vendor pushes the same receipt again (it did not see our answer).
         assert await aliyun.post_receipts(url, [receipt]) == (200, {"code": 0, "msg": "接收成功"})
-        second = await _delivery(db, ref.referral_id)
+        second = await delivery_of(db, ref.referral_id)
     assert first["status"] == "DELIVERED" and first["delivered_at"] is not None
     assert second["updated_at"] == first["updated_at"]
     assert await db.fetchval("SELECT count(*) FROM notify.receipts WHERE delivery_id = $1", first["id"]) == 1
-
-
-async def _status(db, referral_id, status):
-    row = await _delivery(db, referral_id)
-    return row is not None and row["status"] == status
 
 
 async def test_tencent_failure_receipt_fails_the_delivery_and_tells_the_clinic(stack, monkeypatch, vendors, broker, db):
@@ -55,12 +46,12 @@ async def test_tencent_failure_receipt_fails_the_delivery_and_tells_the_clinic(s
     async with notify_service(stack, monkeypatch, vendor_env(*vendors, vendor="tencent")) as (_, notify):
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(tencent.accepted) == 1)
-        await eventually(lambda: _status(db, ref.referral_id, "SENT"))
+        await eventually(lambda: has_status(db, ref.referral_id, "SENT"))
         url = f"http://127.0.0.1:{notify.receipts.port}/receipts/tencent"
         receipt = tencent.receipt_for(tencent.accepted[0], delivered=False)
         for _ in range(2):
             assert await tencent.post_receipts(url, [receipt]) == (200, {"result": 0, "errmsg": "OK"})
-    row = await _delivery(db, ref.referral_id)
+    row = await delivery_of(db, ref.referral_id)
     assert row["status"] == "FAILED" and row["status_reason"] == "receipt: UNDELIV"
     assert row["vendor_message_id"] == tencent.accepted[0]["serial_no"]
     failures = await db.fetchval("SELECT count(*) FROM notify.outbox WHERE aggregate_id = $1 "
@@ -90,7 +81,7 @@ async def test_a_receipt_for_an_attempt_whose_answer_was_lost_stops_its_retry(st
         assert (await aliyun.post_receipts(url, [aliyun.receipt_for(aliyun.accepted[0])]))[0] == 200
         clock.advance(timedelta(hours=1))  # the retry is due
         await asyncio.sleep(1.0)  # several dispatcher polls
-    row = await _delivery(db, ref.referral_id)
+    row = await delivery_of(db, ref.referral_id)
     assert (row["status"], row["attempts"]) == ("DELIVERED", 1)
     assert len(aliyun.accepted) == 1 and aliyun.request_count == 1
 
@@ -111,15 +102,15 @@ async def test_a_receipt_that_comes_while_the_retry_is_claimed_stops_it(stack, m
     monkeypatch.setattr(repository, "load_for_send", receipt_after_the_retry_is_claimed)
     async with notify_service(stack, monkeypatch, _answer_lost(vendors)) as (_, notify):
         await publish(broker, ref.accepted(), ref)
-        await eventually(lambda: _status(db, ref.referral_id, "DELIVERED"))
+        await eventually(lambda: has_status(db, ref.referral_id, "DELIVERED"))
         await asyncio.sleep(1.0)
-    row = await _delivery(db, ref.referral_id)
+    row = await delivery_of(db, ref.referral_id)
     assert (row["status"], row["attempts"], len(loads)) == ("DELIVERED", 2, 2)
     assert len(aliyun.accepted) == 1 and aliyun.request_count == 1
 
 
 async def _retry_waits(db, referral_id):
-    row = await _delivery(db, referral_id)
+    row = await delivery_of(db, referral_id)
     return row is not None and row["status"] == "PENDING" and row["vendor_code"] == "TIMEOUT"
 
 
@@ -172,7 +163,7 @@ async def _sent_on_wechat(stack, monkeypatch, vendors, broker, db):
     async with notify_service(stack, monkeypatch, vendor_env(*vendors)) as (_, notify):
         await publish(broker, ref.accepted(), ref)
         await eventually(lambda: len(wechat.accepted) == 1)
-        await eventually(lambda: _status(db, ref.referral_id, "SENT"))
+        await eventually(lambda: has_status(db, ref.referral_id, "SENT"))
         yield ref, f"http://127.0.0.1:{notify.receipts.port}/wechat/events"
 
 
@@ -193,13 +184,13 @@ async def test_wechat_send_result_marks_delivered_and_is_signed(stack, monkeypat
         assert (await wechat.push_event(url, "another-token", wechat.sent_event(record)))[0] == 403
         stale = int(time.time()) - 3600
         assert (await wechat.push_event(url, WECHAT_EVENT_TOKEN, wechat.sent_event(record), timestamp=stale))[0] == 403
-        assert await _status(db, ref.referral_id, "SENT")
+        assert await has_status(db, ref.referral_id, "SENT")
         # The real push, as XML and again as JSON (WeChat may push twice): applied once.
         assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, wechat.sent_event(record)) == (200, "success")
-        first = await _delivery(db, ref.referral_id)
+        first = await delivery_of(db, ref.referral_id)
         assert await wechat.push_event(url, WECHAT_EVENT_TOKEN, wechat.sent_event(record, fmt="json")) == (
             200, "success")
-        second = await _delivery(db, ref.referral_id)
+        second = await delivery_of(db, ref.referral_id)
     assert first["status"] == "DELIVERED" and first["delivered_at"] is not None
     assert second["updated_at"] == first["updated_at"]
     rows = await db.fetch("SELECT vendor, phone_hash, delivery_id FROM notify.receipts WHERE vendor = 'wechat' "

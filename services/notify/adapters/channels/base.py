@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
@@ -48,6 +49,9 @@ class SendOutcome:
     vendor_code: str
     vendor_message_id: str | None = None
     detail: str = ""
+    # The request may have reached the vendor and only the answer failed (a read timeout, a
+    # dropped connection): whether the vendor took the message is unknown.
+    maybe_sent: bool = False
 
     @property
     def sent(self) -> bool:
@@ -89,6 +93,33 @@ class WeChatMessage:
     correlation_id: str | None = None
     # Official-account notices may open a mini program instead of a web page.
     miniprogram_appid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendReport:
+    """What a vendor reports of a message it took, found by the message's correlation id."""
+
+    vendor_message_id: str
+    delivered: bool
+    code: str  # the carrier's status, as a receipt carries it (DELIVRD, UNDELIV, ...)
+
+
+class StatusQueryFailed(Exception):
+    """The vendor did not say whether it took a message; ``outcome`` says why."""
+
+    def __init__(self, outcome: SendOutcome) -> None:
+        super().__init__(f"{outcome.vendor_code}: {outcome.detail}")
+        self.outcome = outcome
+
+
+@runtime_checkable
+class StatusQuery(Protocol):
+    """A channel that can ask its vendor about a message whose send answer was lost."""
+
+    async def find_report(self, phone: str, correlation_id: str, sent_after: datetime) -> SendReport | None:
+        """The vendor's report of the message sent with ``correlation_id`` to ``phone`` at or
+        after ``sent_after``; None when the vendor reports none. Raises StatusQueryFailed."""
+        ...
 
 
 M_contra = TypeVar("M_contra", contravariant=True)
@@ -174,16 +205,23 @@ class HttpChannelBase:
         return await request_or_outcome(self._http, method, url, **kwargs)
 
 
+# Transport failures before the request could leave: the vendor cannot have taken it.
+# Any other (a read or write timeout, a connection the vendor dropped) may follow a request
+# the vendor read and acted on.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError,
+             httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
 async def request_or_outcome(
     http: httpx.AsyncClient, method: str, url: str, **kwargs: Any
 ) -> httpx.Response | SendOutcome:
     """Send one request; transport failures come back as a RETRYABLE outcome, never raise."""
     try:
         return await http.request(method, url, **kwargs)
-    except httpx.TimeoutException as exc:
-        return SendOutcome(SendStatus.RETRYABLE, "TIMEOUT", detail=type(exc).__name__)
     except httpx.TransportError as exc:
-        return SendOutcome(SendStatus.RETRYABLE, "NETWORK", detail=type(exc).__name__)
+        code = "TIMEOUT" if isinstance(exc, httpx.TimeoutException) else "NETWORK"
+        return SendOutcome(SendStatus.RETRYABLE, code, detail=type(exc).__name__,
+                           maybe_sent=not isinstance(exc, _NOT_SENT))
 
 
 class SmsChannelBase(HttpChannelBase):

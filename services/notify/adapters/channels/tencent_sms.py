@@ -1,4 +1,11 @@
-"""Tencent Cloud SMS ``SendSms`` (API 3.0, version 2021-01-11, TC3-HMAC-SHA256).
+"""Tencent Cloud SMS ``SendSms`` and ``PullSmsSendStatusByPhoneNumber`` (API 3.0, version
+2021-01-11, TC3-HMAC-SHA256).
+
+Tencent's status callback does not echo ``SessionContext`` (see receipts), so a send whose
+answer was lost cannot be matched to its receipt. The status pull for one number does carry
+each message's ``SessionContext``: ``find_report`` looks for ours there (once the carrier has
+reported). Tencent returns ``SessionContext`` in pulled statuses only once its SMS support has
+enabled it for the account; until then the pull finds nothing and a warning says so.
 
 Signature v3, as documented:
   CanonicalRequest = "POST\\n/\\n\\n" + canonical headers + "\\n" + signed headers + "\\n" + hex(sha256(body))
@@ -13,7 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,12 +31,15 @@ from .base import (
     Clock,
     HttpTimeouts,
     SendOutcome,
+    SendReport,
     SendStatus,
     SmsChannelBase,
     SmsMessage,
+    StatusQueryFailed,
     classify,
     http_status_outcome,
     json_or_none,
+    mask_phone,
     normalize_cn_mobile,
     system_clock,
 )
@@ -37,6 +47,12 @@ from .base import (
 API_VERSION = "2021-01-11"
 ALGORITHM = "TC3-HMAC-SHA256"
 CONTENT_TYPE = "application/json; charset=utf-8"
+PULL_ACTION = "PullSmsSendStatusByPhoneNumber"
+# The most statuses one pull returns; Offset is fixed at 0, so there is no next page.
+PULL_LIMIT = 100
+# Tencent signs requests from clocks up to five minutes off its own: the send's time by our
+# clock may be that far from Tencent's record of it, so the pull looks back that much further.
+CLOCK_SKEW_SECONDS = 300
 
 R, P = SendStatus.RETRYABLE, SendStatus.PERMANENT
 
@@ -132,6 +148,36 @@ def tc3_authorization(
     return f"{ALGORITHM} Credential={secret_id}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
 
 
+def e164(phone: str) -> str:
+    return f"+86{normalize_cn_mobile(phone)}"
+
+
+def report_in(statuses: Iterable[object], correlation_id: str) -> SendReport | None:
+    """The pulled status of the message sent with ``correlation_id``, if any; one that says
+    delivered wins over one that does not (the same message may be reported twice)."""
+    ours = [s for s in statuses
+            if isinstance(s, dict) and s.get("SessionContext") == correlation_id and s.get("SerialNo")]
+    if not ours:
+        return None
+    best = max(ours, key=lambda s: str(s.get("ReportStatus", "")).upper() == "SUCCESS")
+    return SendReport(vendor_message_id=str(best["SerialNo"]),
+                      delivered=str(best.get("ReportStatus", "")).upper() == "SUCCESS",
+                      code=str(best.get("Description") or best.get("ReportStatus") or ""))
+
+
+def _answer(response: httpx.Response) -> dict | SendOutcome:
+    """The ``Response`` object of an API 3.0 answer, or the outcome its failure stands for."""
+    body = json_or_none(response)
+    inner = body.get("Response") if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return http_status_outcome(response)
+    error = inner.get("Error")
+    if isinstance(error, dict):
+        code = str(error.get("Code", "InternalError"))
+        return SendOutcome(classify(TENCENT_CODES, code, _unlisted), code, detail=str(error.get("Message", "")))
+    return inner
+
+
 class TencentSmsChannel(SmsChannelBase):
     name = "tencent_sms"
 
@@ -164,7 +210,7 @@ class TencentSmsChannel(SmsChannelBase):
 
     def signed_request(self, message: SmsMessage) -> tuple[dict[str, str], bytes]:
         body = {
-            "PhoneNumberSet": [f"+86{normalize_cn_mobile(message.phone)}"],
+            "PhoneNumberSet": [e164(message.phone)],
             "SmsSdkAppId": self._app_id,
             "SignName": self._sign_name,
             "TemplateId": message.template_code,
@@ -172,16 +218,19 @@ class TencentSmsChannel(SmsChannelBase):
         }
         if message.correlation_id:
             body["SessionContext"] = message.correlation_id
+        return self._signed("SendSms", body)
+
+    def _signed(self, action: str, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         timestamp = int(self._clock())
         headers = {
             "Authorization": tc3_authorization(
                 secret_id=self._secret_id, secret_key=self._secret_key, service=self._service,
-                host=self._host, action="SendSms", timestamp=timestamp, payload=payload,
+                host=self._host, action=action, timestamp=timestamp, payload=payload,
             ),
             "Content-Type": CONTENT_TYPE,
             "Host": self._host,
-            "X-TC-Action": "SendSms",
+            "X-TC-Action": action,
             "X-TC-Timestamp": str(timestamp),
             "X-TC-Version": API_VERSION,
             "X-TC-Region": self._region,
@@ -192,16 +241,35 @@ class TencentSmsChannel(SmsChannelBase):
         headers, payload = self.signed_request(message)
         return {"content": payload, "headers": headers}
 
+    async def find_report(self, phone: str, correlation_id: str, sent_after: datetime) -> SendReport | None:
+        # No EndTime: a status Tencent stamped later than our clock's now would be cut off.
+        headers, payload = self._signed(PULL_ACTION, {
+            "BeginTime": int(sent_after.timestamp()) - CLOCK_SKEW_SECONDS, "Offset": 0, "Limit": PULL_LIMIT,
+            "PhoneNumber": e164(phone), "SmsSdkAppId": self._app_id,
+        })
+        response = await self._request("POST", "/", content=payload, headers=headers)
+        inner = response if isinstance(response, SendOutcome) else _answer(response)
+        if isinstance(inner, SendOutcome):
+            raise StatusQueryFailed(inner)
+        statuses = inner.get("PullSmsSendStatusSet") or []
+        report = report_in(statuses, correlation_id)
+        if report is None and len(statuses) >= PULL_LIMIT:
+            # Ours may be beyond the page, and no later page can be asked for.
+            raise StatusQueryFailed(SendOutcome(R, "PULL_FULL",
+                                                detail=f"{len(statuses)} statuses, ours not among them"))
+        if report is None and statuses and not any(isinstance(s, dict) and s.get("SessionContext") for s in statuses):
+            self._log.warning("%s %s: none of %d statuses carries a SessionContext; unless Tencent's SMS support has "
+                              "enabled it for the account, a send whose answer was lost is sent again",
+                              self.name, PULL_ACTION, len(statuses))
+        self._log.info("%s %s phone=%s ref=%s statuses=%d found=%s", self.name, PULL_ACTION, mask_phone(phone),
+                       correlation_id, len(statuses), report is not None)
+        return report
+
     @staticmethod
     def _classify(response: httpx.Response) -> SendOutcome:
-        body = json_or_none(response)
-        inner = body.get("Response") if isinstance(body, dict) else None
-        if not isinstance(inner, dict):
-            return http_status_outcome(response)
-        error = inner.get("Error")
-        if isinstance(error, dict):
-            code = str(error.get("Code", "InternalError"))
-            return SendOutcome(classify(TENCENT_CODES, code, _unlisted), code, detail=str(error.get("Message", "")))
+        inner = _answer(response)
+        if isinstance(inner, SendOutcome):
+            return inner
         statuses = inner.get("SendStatusSet") or []
         if not statuses:
             return SendOutcome(R, "EMPTY_SEND_STATUS", detail="no per-number status in the answer")
