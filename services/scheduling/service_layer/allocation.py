@@ -379,19 +379,30 @@ async def _move(conn, moved, demands, solution, horizon) -> None:
     """Move tentative bookings, whose ReferralScheduled has not been published yet: that
     event is rewritten with the new places, so the patient hears only the final ones. One
     published meanwhile is followed by a BookingRescheduled instead."""
-    # Free every moved booking's places first: one may take another's old place.
-    previous = {b["booking_id"]: await rendering.items_of(conn, b["booking_id"]) for b in moved}
-    for b in moved:
-        await repo.delete_items(conn, b["booking_id"])
-        await release_held_bed(conn, b["booking_id"])
+    previous = await rewrite_items(conn, moved, moved, demands, solution, horizon)
     for b in moved:
         rid = b["referral_id"]
-        await write_items(conn, b["booking_id"], demands[rid], solution.items_of(rid).values(), horizon)
         event_id = b["scheduled_event_id"]
         if event_id is None or not await outbox.rewrite_unsent(
                 conn, str(event_id), await _scheduled_event(conn, b), aggregate_id=rid, hospital_id=b["hospital_id"]):
             await add_rescheduled(conn, b, previous[b["booking_id"]], "为让候补患者尽早就诊，调整了预约")
         await hold_today_beds(conn, b, horizon)
+
+
+async def rewrite_items(conn, freed: list, placed: list, demands: dict, solution, horizon) -> dict[str, list]:
+    """Gives the `placed` bookings the solution's places, after the places (and held beds) of
+    every `freed` booking are given back: the engine saw them all as free, so one booking
+    may take another's old place. Returns what each placed booking held before, for its
+    BookingRescheduled. PlaceGone or UniqueViolationError when a place went meanwhile: the
+    caller's savepoint undoes the lot."""
+    previous = {b["booking_id"]: await rendering.items_of(conn, b["booking_id"]) for b in placed}
+    for b in freed:
+        await release_held_bed(conn, b["booking_id"])
+        await repo.delete_items(conn, b["booking_id"])
+    for b in placed:
+        rid = b["referral_id"]
+        await write_items(conn, b["booking_id"], demands[rid], solution.items_of(rid).values(), horizon)
+    return previous
 
 
 async def release_held_bed(conn, booking_id: str) -> None:

@@ -13,9 +13,9 @@ from services.common.logging import get_logger
 from services.scheduling.adapters import repository as repo
 from services.scheduling.domain import calendar
 from services.scheduling.service_layer import engine_adapter as ea
-from services.scheduling.service_layer import rendering
 from services.scheduling.service_layer.allocation import (
-    WAITLIST_NOTE, PlaceGone, Scheduler, add_rescheduled, hold_today_beds, release_held_bed, waitlist, write_items)
+    WAITLIST_NOTE, PlaceGone, Scheduler, add_rescheduled, hold_today_beds, release_held_bed, rewrite_items,
+    waitlist)
 
 log = get_logger(__name__)
 
@@ -94,18 +94,15 @@ async def reschedule(conn, sched: Scheduler, booking, dates: list, reason: str, 
         why = solution.unplaced_by_id().get(snapshot.referral_id)
         text = await ea.reason_text(conn, booking["hospital_id"], why, horizon) if why else ""
         raise FailedPrecondition(f"没有可改约的号源：{text}", reason="NO_CAPACITY")
-    previous = await rendering.items_of(conn, booking["booking_id"])
-    await release_held_bed(conn, booking["booking_id"])
-    await repo.delete_items(conn, booking["booking_id"])
     try:
         async with conn.transaction():
-            await write_items(conn, booking["booking_id"], demand, solution.items_of(snapshot.referral_id).values(),
-                              horizon)
+            before = await rewrite_items(conn, [booking], [booking], {snapshot.referral_id: demand}, solution,
+                                         horizon)
     except (PlaceGone, asyncpg.UniqueViolationError) as exc:
         raise FailedPrecondition("号源刚被占用，请重试改约", reason="CONFLICT") from exc
     await conn.execute("UPDATE referrals SET snapshot = $2, updated_at = now() WHERE referral_id = $1",
                        snapshot.referral_id, snapshot.SerializeToString())
-    await add_rescheduled(conn, booking, previous, reason or "按患者要求改约", request_id)
+    await add_rescheduled(conn, booking, before[booking["booking_id"]], reason or "按患者要求改约", request_id)
     await hold_today_beds(conn, booking, horizon)
 
 
@@ -144,14 +141,7 @@ async def displace(conn, sched: Scheduler, displaced: list) -> set[str]:
     moved = [b for b in displaced if b["referral_id"] in placed]
     try:
         async with conn.transaction():  # a savepoint: a lost race leaves every booking as it was
-            previous = {b["booking_id"]: await rendering.items_of(conn, b["booking_id"]) for b in moved}
-            # Every displaced booking's places go first: the engine may give one another's.
-            for b in displaced:
-                await release_held_bed(conn, b["booking_id"])
-                await repo.delete_items(conn, b["booking_id"])
-            for b in moved:
-                await write_items(conn, b["booking_id"], demands[b["referral_id"]],
-                                  solution.items_of(b["referral_id"]).values(), horizon)
+            previous = await rewrite_items(conn, displaced, moved, demands, solution, horizon)
     except (PlaceGone, asyncpg.UniqueViolationError) as exc:
         # A writer slipped past the lock: each booking on its own, on fresh state.
         log.info("joint displacement lost a race; displacing one by one", hospital_id=hospital_id, error=str(exc))

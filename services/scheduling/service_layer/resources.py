@@ -149,11 +149,8 @@ class _Bookable:
     key: str
     items: str
     told: dict[str, _Told]
-
-    @property
-    def from_today(self) -> bool:
-        """Whether only items with a night from today ($2) on count."""
-        return "$2" in self.items
+    # Only items with a night from today ($2 in `items`) on count.
+    from_today: bool = False
 
 
 # What a patient was told besides the time (where, whom, what) may not change under a live
@@ -178,14 +175,15 @@ _BOOKABLE = {
                        + _BED_ITEMS.format(bed="b"), {
         "department": _Told("department", "科室"), "name": _Told("name", "病区名称"), **_PLACE,
         "min_age": _Told("min_age", "最小年龄", lambda old, new, p: beds.keeps_min_age(new, p)),
-        "max_age": _Told("max_age", "最大年龄", lambda old, new, p: beds.keeps_max_age(new, p))}),
+        "max_age": _Told("max_age", "最大年龄", lambda old, new, p: beds.keeps_max_age(new, p))}, from_today=True),
     "rooms": _Bookable("room_id", "JOIN beds b ON b.room_id = x.room_id " + _BED_ITEMS.format(bed="b"), {
         "ward_id": _Told("", "所在病区"), "label": _Told("label", "房间号"),
         "gender_policy": _Told("gender_policy", "性别安排", lambda old, new, p: beds.keeps_gender_policy(new, p)),
-        "equipment": _Told("equipment", "设备", beds.keeps_equipment)}),
+        "equipment": _Told("equipment", "设备", beds.keeps_equipment)}, from_today=True),
     "beds": _Bookable("bed_id", _BED_ITEMS.format(bed="x"), {
         "room_id": _Told("", "所在房间"), "label": _Told("label", "床号"),
-        "pool": _Told("overflow", "预留/绿色通道床位池", lambda old, new, p: beds.keeps_pool(new, p))}),
+        "pool": _Told("overflow", "预留/绿色通道床位池", lambda old, new, p: beds.keeps_pool(new, p))},
+        from_today=True),
 }
 _SEX = {rtypes.GENDER_MALE: "MALE", rtypes.GENDER_FEMALE: "FEMALE"}
 
@@ -217,6 +215,7 @@ async def _refuse_changes_once_booked(conn, changes: dict[str, dict[str, tuple[s
             continue
         args = [list(changed)]
         if kind.from_today:
+            assert today is not None, f"{table}: only nights from a given day count"
             args.append(today)
         booked: dict[str, list[beds.BookedPatient]] = {}
         for r in await conn.fetch(f"""
