@@ -47,6 +47,16 @@ T = TypeVar("T")
 HEALTH_FAILURES_TO_FLIP = 2
 # Of the shutdown budget, what closing the connections keeps (the rest is for the work in hand).
 SHUTDOWN_CLOSING_SECONDS = 5.0
+# After SHUTDOWN_GRACE_SECONDS plus this, the process exits whatever is still running
+# (_exit_if_overdue): each shutdown step gets at least 0.5 s even past the deadline.
+# Kubernetes' terminationGracePeriodSeconds must cover it (tests/deploy checks).
+SHUTDOWN_BACKSTOP_SECONDS = 3.0
+
+
+def shutdown_work_seconds(grace: float) -> float:
+    """Of a shutdown grace of `grace` seconds, what the work in hand (calls, events, graceful
+    jobs) may use: a service's own settings check that their longest step fits it."""
+    return max(0.5, grace - min(SHUTDOWN_CLOSING_SECONDS, grace / 4))
 
 
 @dataclass
@@ -280,11 +290,14 @@ class ServiceApp:
                 conn.terminate()
 
     async def stop(self) -> None:
-        """Within SHUTDOWN_GRACE_SECONDS from the call, whatever is still running then."""
+        """Stops everything, aiming to be done SHUTDOWN_GRACE_SECONDS after the call: the work
+        in hand gets shutdown_work_seconds(grace), closing the connections the rest.
+        Each step after the deadline still gets at least 0.5 s, so the process may take up
+        to grace + SHUTDOWN_BACKSTOP_SECONDS (3 s), when run_until_signal's backstop exits it."""
         loop = asyncio.get_running_loop()
         grace = self.settings.shutdown_grace_seconds
         deadline = loop.time() + grace
-        work = max(0.5, grace - min(SHUTDOWN_CLOSING_SECONDS, grace / 4))
+        work = shutdown_work_seconds(grace)
         self._stopping = True
         log.info("service stopping", grace_seconds=grace)
         if self.grpc is not None:
@@ -332,7 +345,7 @@ class ServiceApp:
             loop.add_signal_handler(sig, stop.set)
         await self.start()
         await stop.wait()
-        _exit_if_overdue(self.settings.shutdown_grace_seconds + 3)
+        _exit_if_overdue(self.settings.shutdown_grace_seconds + SHUTDOWN_BACKSTOP_SECONDS)
         await self.stop()
 
 

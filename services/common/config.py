@@ -78,13 +78,6 @@ class Reader:
         value = self.raw(name)
         return default if value is None else value
 
-    def required(self, name: str, why: str = "") -> str:
-        value = self.raw(name)
-        if value is None:
-            self.problem(name, "must be set" + (f" ({why})" if why else ""))
-            return ""
-        return value
-
     def _bounded(self, name: str, default: T, convert: Callable[[str], T], what: str,
                  minimum: T | None, maximum: T | None) -> T:
         value = self.raw(name)
@@ -238,10 +231,6 @@ class Settings:
     def _lookup(self, name: str) -> str | None:
         # Tests pass per-instance values through `extra`; processes use the environment.
         return self.extra.get(name) or os.environ.get(name)
-
-    def get(self, name: str, default: str = "") -> str:
-        """A service-specific setting (e.g. SMS_VENDOR), as text."""
-        return Reader(self._lookup).text(name, default)
 
     def reader(self) -> Reader:
         """For a service's own settings: parsed and checked like these."""

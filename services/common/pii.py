@@ -3,9 +3,13 @@
 Values are encrypted in the application with AES-GCM under a key from configuration;
 the key id is stored with the ciphertext so keys can rotate. A keyed hash (HMAC-SHA256)
 of the normalised value allows exact-match lookup without decrypting anything.
-PII_ENCRYPTION_KEYS: "kid1:base64key,kid2:base64key" (the first encrypts, all decrypt),
-each key 32 bytes (AES-256); PII_HASH_KEY: base64 of at least 32 bytes. A message about a
-bad key names the variable and the entry's position, never the key or anything from it.
+PII_ENCRYPTION_KEYS: "kid1:base64key,kid2:base64key" (the first encrypts, all decrypt):
+the first key 32 bytes (AES-256), later decrypt-only keys 16, 24 or 32 bytes, so data
+written under an older, shorter key stays readable after a rotation. PII_HASH_KEY: base64,
+ideally of at least 32 bytes; a shorter one is accepted with a warning, because changing
+it orphans every stored lookup hash, so it needs a planned rotation, not a refusal at
+start. A message about a bad key names the variable and the entry's position, never the
+key or anything from it.
 """
 from __future__ import annotations
 
@@ -20,10 +24,17 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.common.config import SettingsError
+from services.common.logging import get_logger
 
+log = get_logger(__name__)
+
+# New data is encrypted under AES-256 only.
 KEY_BYTES = 32
+# Keys that only decrypt may be any AES size: older deployments had 128- and 192-bit keys,
+# and refusing them after a rotation would make their data unreadable.
+DECRYPT_KEY_BYTES = (16, 24, 32)
 # An HMAC key shorter than the hash's output makes the lookup hashes of phone and ID
-# numbers (a small space) easier to brute-force back.
+# numbers (a small space) easier to brute-force back: warned about, not refused (see above).
 MIN_HASH_KEY_BYTES = 32
 _KID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _NEEDED = "(DEV_MODE=1 generates local keys)"
@@ -40,8 +51,10 @@ class PiiCipher:
         if not hash_key:
             raise ValueError("no PII hash key configured")
         for position, key in enumerate(keys.values(), 1):
-            if len(key) not in (16, 24, 32):
-                # The position, not the key id: a spec without "kid:" makes the key its own id.
+            # The position, not the key id: a spec without "kid:" makes the key its own id.
+            if position == 1 and len(key) != KEY_BYTES:
+                raise ValueError(f"PII encryption key 1 (the one that encrypts) must be {KEY_BYTES * 8} bits")
+            if len(key) not in DECRYPT_KEY_BYTES:
                 raise ValueError(f"PII encryption key {position} must be 128, 192 or 256 bits")
         self._keys = {kid: AESGCM(key) for kid, key in keys.items()}
         self._current = next(iter(keys))
@@ -101,8 +114,11 @@ def _encryption_keys(spec: str, problems: list[str]) -> dict[str, bytes]:
         key = _decode(b64)
         if key is None:
             problems.append(f"{where}: the key is not valid base64")
-        elif len(key) != KEY_BYTES:
-            problems.append(f"{where}: the key must be {KEY_BYTES} bytes (AES-256), it is {len(key)}")
+        elif position == 1 and len(key) != KEY_BYTES:
+            problems.append(f"{where}: the key that encrypts must be {KEY_BYTES} bytes (AES-256), "
+                            f"it is {len(key)}")
+        elif len(key) not in DECRYPT_KEY_BYTES:
+            problems.append(f"{where}: a decrypt-only key must be 16, 24 or 32 bytes, it is {len(key)}")
         else:
             keys[kid] = key
     return keys
@@ -116,8 +132,13 @@ def _hash_key(b64: str, problems: list[str]) -> bytes:
     if key is None:
         problems.append("PII_HASH_KEY is not valid base64")
         return b""
-    if len(key) < MIN_HASH_KEY_BYTES:
-        problems.append(f"PII_HASH_KEY must be at least {MIN_HASH_KEY_BYTES} bytes, it is {len(key)}")
+    if not key:
+        problems.append("PII_HASH_KEY decodes to no bytes")
+    elif len(key) < MIN_HASH_KEY_BYTES:
+        # Not refused: the stored lookup hashes were made with this key. Never the key itself.
+        log.warning("PII_HASH_KEY is shorter than recommended: plan a rotation to a longer key "
+                    "(it means recomputing every stored lookup hash)",
+                    bytes=len(key), recommended_bytes=MIN_HASH_KEY_BYTES)
     return key
 
 

@@ -22,6 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from services.common.app import SHUTDOWN_BACKSTOP_SECONDS, shutdown_work_seconds
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
@@ -35,7 +37,8 @@ SERVICES = {
     "notify": (50053, 9093, "notify.v1.NotifyService"),
 }
 STREAM_REPLICAS = {"dev": "1", "prod": "3"}
-# The process's exit after the broker drained, on top of the shutdown steps the check adds up.
+# On top of preStop, SHUTDOWN_GRACE_SECONDS and the backstop: the kubelet's own latency
+# between the process's forced exit and its SIGKILL deadline.
 SHUTDOWN_MARGIN_SECONDS = 5
 # A gRPC health call waits behind a busy event loop; 1 s (the default) restarts busy pods,
 # and much longer would leave a hung one in service.
@@ -168,14 +171,6 @@ def seconds(env: dict[str, str], name: str) -> float | None:
     return float(env[name]) if env.get(name) else None
 
 
-@functools.cache
-def nats_drain_seconds() -> float:
-    """How long the broker drains at shutdown, as the code sets it."""
-    found = re.search(r"drain_timeout=(\d+(?:\.\d+)?)", (REPO / "services/common/messaging.py").read_text())
-    assert found, "drain_timeout not found in services/common/messaging.py"
-    return float(found.group(1))
-
-
 def named_peer(peer) -> bool:
     """Pods chosen by label, in this namespace or in one chosen by label. An empty selector
     matches every pod, and an empty namespaceSelector every namespace of the cluster."""
@@ -303,17 +298,22 @@ def service_problems(objs) -> list[str]:
         if grace is None:
             problems.append(f"{where}: SHUTDOWN_GRACE_SECONDS not set")
             grace = 0.0
-        # After preStop, SIGTERM: in-flight calls get SHUTDOWN_GRACE_SECONDS, a consumer may be
-        # in a CP-SAT solve (scheduling; a solve cannot be interrupted), the broker drains.
-        # Added up one after the other, which covers any order ServiceApp.stop runs them in.
-        solve = seconds(env, "SCHEDULER_TIME_LIMIT_SECONDS") if name == "scheduling" else 0.0
-        if solve is None:
-            problems.append(f"{where}: SCHEDULER_TIME_LIMIT_SECONDS not set")
-            solve = 0.0
+        # After preStop, SIGTERM: ServiceApp.stop fits the whole shutdown (calls, consumers,
+        # a running solve, the broker's drain, closing) in SHUTDOWN_GRACE_SECONDS, and the
+        # backstop exits the process at most SHUTDOWN_BACKSTOP_SECONDS later.
         pre_stop = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-        needed = pre_stop + solve + grace + nats_drain_seconds() + SHUTDOWN_MARGIN_SECONDS
+        needed = pre_stop + grace + SHUTDOWN_BACKSTOP_SECONDS + SHUTDOWN_MARGIN_SECONDS
         if spec.get("terminationGracePeriodSeconds", 30) < needed:
             problems.append(f"{where}: terminationGracePeriodSeconds below {needed:g}")
+        if name == "scheduling":
+            # A CP-SAT solve cannot be interrupted: one running at SIGTERM must end within the
+            # part of the grace the work in hand gets, or closing is cut short.
+            solve = seconds(env, "SCHEDULER_TIME_LIMIT_SECONDS")
+            if solve is None:
+                problems.append(f"{where}: SCHEDULER_TIME_LIMIT_SECONDS not set")
+            elif solve > shutdown_work_seconds(grace):
+                problems.append(f"{where}: SCHEDULER_TIME_LIMIT_SECONDS {solve:g} above the "
+                                f"{shutdown_work_seconds(grace):g} s of SHUTDOWN_GRACE_SECONDS for work in hand")
         age = seconds(env, "GRPC_MAX_CONNECTION_AGE_SECONDS") or 0.0
         if not 0 < age <= MAX_CONNECTION_AGE_SECONDS:
             problems.append(f"{where}: GRPC_MAX_CONNECTION_AGE_SECONDS not within 1-{MAX_CONNECTION_AGE_SECONDS}: "
@@ -695,7 +695,7 @@ ENV_NAME = re.compile(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+")
 @functools.cache
 def env_readers() -> frozenset[str]:
     """Calls whose first or second argument names a variable: the methods of
-    services.common.config.Reader, Settings.get, os.environ.get, getenv, and _env* helpers."""
+    services.common.config.Reader, os.environ.get (any .get), getenv, and _env* helpers."""
     tree = ast.parse((REPO / "services/common/config.py").read_text())
     methods = {f.name for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "Reader"
                for f in c.body if isinstance(f, ast.FunctionDef) and not f.name.startswith("__")}
@@ -859,7 +859,7 @@ WORKER_ENV = "W_INDEX"
 a = os.environ.get("A_ONE", "x")
 b = os.environ["B_TWO"]
 c = _env_int("C_THREE", 1)
-d = settings.get("D_FOUR") or r.number("E_FIVE", 1.0, minimum=0.0)
+d = environ.get("D_FOUR") or r.number("E_FIVE", 1.0, minimum=0.0)
 g = self.env.get(f"{svc.upper()}_GRPC_PORT", 1)
 h = os.environ.get(WORKER_ENV)
 i = os.environ["NOT_READ"] = "1"
@@ -1109,7 +1109,7 @@ def _pdb_blocks_drains(objs):
     (_migrates_at_start, "services", "Deployment/scheduling: migrates at start"),
     (_unresolved_job_env, "migration", "uses $(DB_username) defined nowhere before it"),
     (_longer_grace_in_one_service, "services", "Deployment/scheduling: terminationGracePeriodSeconds below"),
-    (_longer_solve, "services", "Deployment/scheduling: terminationGracePeriodSeconds below"),
+    (_longer_solve, "services", "Deployment/scheduling: SCHEDULER_TIME_LIMIT_SECONDS 30 above"),
     (_connections_never_age, "services", "GRPC_MAX_CONNECTION_AGE_SECONDS not within"),
     (_short_age_grace, "services", "Deployment/notify: GRPC_MAX_CONNECTION_AGE_GRACE_SECONDS below"),
     (_default_probe_timeout, "services", "livenessProbe timeoutSeconds not within"),

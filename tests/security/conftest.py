@@ -59,7 +59,7 @@ async def services(stack):
         await fake.start()
     notify_env = {**sandbox.vendor_env(wechat, aliyun, tencent), "QUIET_HOURS": "off", "RECEIPTS_PORT": "0",
                   "NOTIFY_DISPATCH_POLL_SECONDS": "0.2", "NOTIFY_SMS_MIN_SPACING_SECONDS": "0"}
-    # Service-specific settings come from the environment (Settings.get).
+    # Service-specific settings come from the environment (Settings.reader()).
     env = {**notify_env, "REFERRAL_WATCH_POLL_SECONDS": "0.5", "REFERRAL_SLA_CHECK_SECONDS": "3600",
            "SCHEDULING_REOPTIMISE_SECONDS": "3600", "SCHEDULING_RELEASE_POLL_SECONDS": "3600",
            "SCHEDULER_TIME_LIMIT_SECONDS": "2"}

@@ -19,20 +19,42 @@ DEFAULT_BRING = "身份证、医保卡、既往检查结果"
 NO_PREPARATION = "无需特殊准备"
 # A change this close to the appointment cannot wait for the morning.
 SOON = timedelta(hours=12)
+# The templates the planner picks by name; an item's (ITEM_TEMPLATES) may be its kind's instead.
+_STATUS_TEMPLATES = {"ACCEPTED": "referral_accepted", "RETURNED": "referral_returned",
+                     "REJECTED": "referral_rejected", "CANCELLED": "referral_cancelled"}
+DOWN_REFERRAL = "down_referral"
+BOOKED = "appointment_booked"
+CHANGED = "appointment_changed"
+CANCELLED = "appointment_cancelled"
+BED_READY = "bed_ready"
+DAY_BEFORE = "reminder_day_before"
+TWO_HOURS = "reminder_2h"
+ITEM_TEMPLATES = (BOOKED, CHANGED, DAY_BEFORE, TWO_HOURS)
+KINDS = ("consultation", "exam", "admission")  # Appointment.kind
 # An item's template by its kind, where the kind has its own: the vendors cap one template's
 # sends to a number a day, and a consultation with three exams would exceed it in one template.
 _BY_KIND = {
-    ("appointment_booked", "admission"): "admission_booked",
-    ("appointment_booked", "exam"): "exam_booked",
-    ("appointment_changed", "exam"): "exam_changed",
-    ("reminder_day_before", "admission"): "admission_reminder",
-    ("reminder_day_before", "exam"): "exam_reminder_day_before",
-    ("reminder_2h", "exam"): "exam_reminder_2h",
+    (BOOKED, "admission"): "admission_booked",
+    (BOOKED, "exam"): "exam_booked",
+    (CHANGED, "exam"): "exam_changed",
+    (DAY_BEFORE, "admission"): "admission_reminder",
+    (DAY_BEFORE, "exam"): "exam_reminder_day_before",
+    (TWO_HOURS, "exam"): "exam_reminder_2h",
 }
 
 
 def for_item(template: str, appt: Appointment) -> str:
-    return _BY_KIND.get((template, appt.kind), template)
+    return _for_kind(template, appt.kind)
+
+
+def _for_kind(template: str, kind: str) -> str:
+    return _BY_KIND.get((template, kind), template)
+
+
+# Every template a plan can name: a catalogue without one of them would fail its events in
+# the consumer (dead letters, patients never told), so the settings check refuses it at start.
+TEMPLATES = frozenset({*_STATUS_TEMPLATES.values(), DOWN_REFERRAL, CANCELLED, BED_READY,
+                       *(_for_kind(t, kind) for t in ITEM_TEMPLATES for kind in KINDS)})
 
 
 @dataclass(frozen=True)
@@ -98,8 +120,7 @@ class Planner:
 
     def referral_status(self, route: Route, status: str, reason: str = "") -> EventPlan:
         """ACCEPTED, RETURNED, REJECTED or CANCELLED."""
-        template = {"ACCEPTED": "referral_accepted", "RETURNED": "referral_returned",
-                    "REJECTED": "referral_rejected", "CANCELLED": "referral_cancelled"}[status]
+        template = _STATUS_TEMPLATES[status]
         words = {"ACCEPTED": "已接收", "RETURNED": "已退回，需补充材料", "REJECTED": "未被接收",
                  "CANCELLED": "已取消"}[status]
         return EventPlan(messages=[PlannedMessage(template, self._base(route), urgent=route.urgent)],
@@ -111,7 +132,7 @@ class Planner:
         values = {**self._base(route), "clinic": clinic_name or "签约基层医疗机构",
                   "address": clinic_address or "请咨询签约医生",
                   "followup": short_day(follow_up) if follow_up else "待签约医生通知"}
-        message = PlannedMessage("down_referral", values)
+        message = PlannedMessage(DOWN_REFERRAL, values)
         summary = f"下转至{values['clinic']}，首次随访{values['followup']}"
         return EventPlan(messages=[message], clinic=ClinicUpdate(
             "DOWN_REFERRAL", summary, appointment_time=follow_up, place=values["address"]))
@@ -143,10 +164,10 @@ class Planner:
         day_before = (local - timedelta(days=1)).replace(hour=h, minute=m, second=0, microsecond=0)
         # "Tomorrow" is wrong once the day has come: the day-before reminder expires at midnight.
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        due = [("reminder_day_before", day_before, min(midnight, appt.start))]
+        due = [(DAY_BEFORE, day_before, min(midnight, appt.start))]
         if appt.kind != "admission":
             # An admission is a day to come in, not a visit: reminded the evening before only.
-            due.append(("reminder_2h", appt.start - self.rules.before, appt.start))
+            due.append((TWO_HOURS, appt.start - self.rules.before, appt.start))
         return [PlannedMessage(for_item(t, appt), values, part=appt.item_id, not_before=at, expires_at=expires,
                                booking_id=booking_id, reminder=True)
                 for t, at, expires in due if now < at < expires]
@@ -158,7 +179,7 @@ class Planner:
         if first:
             summary += f"，首项{day(first.start)} {clock_time(first.start)} {first.place.hospital}{where(first)}"
         return EventPlan(
-            messages=self._appointment_messages("appointment_booked", route, booking_id, items, bring, now),
+            messages=self._appointment_messages(BOOKED, route, booking_id, items, bring, now),
             clinic=ClinicUpdate("SCHEDULED", summary, appointment_time=first.start if first else None,
                                 place=self._place_words(first)))
 
@@ -174,7 +195,7 @@ class Planner:
         if first:
             summary += f"至{day(first.start)} {clock_time(first.start)}"
         return EventPlan(
-            messages=self._appointment_messages("appointment_changed", route, booking_id, changed, bring, now),
+            messages=self._appointment_messages(CHANGED, route, booking_id, changed, bring, now),
             clinic=ClinicUpdate("RESCHEDULED", summary, appointment_time=first.start if first else None,
                                 place=self._place_words(first), reason=reason),
             cancel_pending_of_booking=booking_id,
@@ -192,7 +213,7 @@ class Planner:
             return plan
         first = min(told, key=lambda a: a.start)
         plan.messages = self._booking_news(route, [PlannedMessage(
-            "appointment_cancelled", self.appointment_values(route, first, ""), part=booking_id,
+            CANCELLED, self.appointment_values(route, first, ""), part=booking_id,
             urgent=self._urgent(route, first.start, now), booking_id=booking_id)])
         return plan
 
@@ -202,7 +223,7 @@ class Planner:
                   "admit_by": f"{short_day(admit_by)}{clock_time(admit_by)}",
                   "admit_when": f"{day(admit_by)} {clock_time(admit_by)}", "place": place or "住院服务中心"}
         summary = f"床位已就绪：{values['ward']}{bed}床，{values['admit_by']}前入院"
-        message = PlannedMessage("bed_ready", values, part=booking_id, urgent=True, booking_id=booking_id)
+        message = PlannedMessage(BED_READY, values, part=booking_id, urgent=True, booking_id=booking_id)
         return EventPlan(messages=self._booking_news(route, [message]),
                          clinic=ClinicUpdate("BED_READY", summary, appointment_time=admit_by, place=place))
 

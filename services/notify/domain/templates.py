@@ -93,13 +93,21 @@ class Catalogue:
         raw = tomllib.loads(text)
         templates = {}
         for key, t in raw.get("template", {}).items():
-            wechat = t.get("wechat", {})
-            tpl = Template(
-                key=key, version=int(t["version"]), text=t["text"], params=tuple(t.get("params", ())),
-                aliyun=t["aliyun"], tencent=str(t["tencent"]),
-                wechat=WeChatSpec(wechat["template_id"], dict(wechat["data"]), wechat.get("page", "")),
-                essential=bool(t.get("essential", True)), urgent=bool(t.get("urgent", False)),
-                instructions=dict(t.get("instructions", {})))
+            try:
+                wechat = t.get("wechat", {})
+                tpl = Template(
+                    key=key, version=int(t["version"]), text=t["text"], params=tuple(t.get("params", ())),
+                    aliyun=t["aliyun"], tencent=str(t["tencent"]),
+                    wechat=WeChatSpec(wechat["template_id"], dict(wechat["data"]), wechat.get("page", "")),
+                    essential=bool(t.get("essential", True)), urgent=bool(t.get("urgent", False)),
+                    instructions=dict(t.get("instructions", {})))
+            except KeyError as exc:
+                # A TemplateError, so that the settings check reports it with the other problems.
+                field_name = exc.args[0]
+                where = f"wechat.{field_name}" if field_name in ("template_id", "data") else field_name
+                raise TemplateError(f"template {key} has no {where!r}") from None
+            except (TypeError, AttributeError, ValueError) as exc:
+                raise TemplateError(f"template {key} is malformed: {exc}") from None
             _check(tpl)
             templates[key] = tpl
         return cls(templates, dict(raw.get("departments", {})), dict(raw.get("modalities", {})))
@@ -107,6 +115,13 @@ class Catalogue:
     @classmethod
     def load(cls, path: Path | None = None) -> "Catalogue":
         return cls.from_toml((path or DEFAULT_FILE).read_text(encoding="utf-8"))
+
+    def require(self, keys: Collection[str]) -> None:
+        """Refuses a catalogue that lacks one of `keys`: a message naming it could never go out."""
+        missing = sorted(set(keys) - self.templates.keys())
+        if missing:
+            raise TemplateError(f"has no template {', '.join(missing)}: the messages that use them could "
+                                "never be sent")
 
     def get(self, key: str) -> Template:
         try:

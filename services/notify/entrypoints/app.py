@@ -76,6 +76,9 @@ class NotifyApp:
         if ns.wechat is None and ns.sms is None:
             log.warning("no notify channel configured: every message will end unreached")
         log.info("notify channels", **ns.describe())
+        if ns.unused_sms_settings:
+            log.warning("another SMS vendor's settings are set and unused: SMS_VENDOR chooses the vendor",
+                        sms_vendor=ns.sms_vendor, unused=list(ns.unused_sms_settings))
         catalogue = ns.catalogue
         available = frozenset(c for c, client in ((Channel.WECHAT, channels.wechat), (Channel.SMS, channels.sms))
                               if client is not None)

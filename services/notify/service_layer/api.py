@@ -20,10 +20,43 @@ from services.notify.service_layer.notifications import NotifyConfig, derived_id
 _OPENID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _MOBILE = re.compile(r"^1[3-9]\d{9}$")
 _LINK = re.compile(r"(https?://|www\.|\.(com|cn|net|org)\b)", re.I)
-# Seven digits or more, however written: a phone or ID number is read through the spaces,
-# dashes and dots people group it with (full-width forms are folded first).
-_LONG_DIGITS = re.compile(r"\d(?:[\s\-‐‑‒–—―−﹣.·・•]*\d){6,}")
+# A note must not carry a phone or ID number (full-width forms are folded first): seven digits
+# or more in a row, or such a number in the groups people write it in, read through the
+# spaces, dashes, dots and brackets between them. Dates and times are digits in groups too
+# (2025.12.15, 10.30-11.30) and pass: their groups after the year have one or two digits.
+_RUN = re.compile(r"\d{7,}")
+_SEP = r"[\s\-‐‑‒–—―−﹣.·・•()]"
+_GROUPED = re.compile(rf"\d+[Xx]?(?:{_SEP}+\d+[Xx]?)+")
+_GROUP = re.compile(r"\d+[Xx]?")
+_MOBILE_DIGITS = re.compile(r"1[3-9]\d{9}")
+_AREA_CODE = re.compile(r"0\d{2,3}")
+_LANDLINE_DIGITS = re.compile(r"0\d{9,11}")  # area code and 7-8 digits
+_ID_DIGITS = re.compile(r"\d{15}|\d{17}[\dXx]")
 NOTE_MAX = 20
+STAFF_MESSAGE = "staff_message"
+
+
+def _carries_number(text: str) -> bool:
+    text = unicodedata.normalize("NFKC", text)
+    if _RUN.search(text):
+        return True
+    for grouped in _GROUPED.finditer(text):
+        groups = _GROUP.findall(grouped.group())
+        for i, first in enumerate(groups):
+            digits, long_groups = first, len(first) >= 3
+            for group in groups[i + 1:]:
+                digits += group
+                long_groups = long_groups and len(group) >= 3
+                # A number starts with a group of its own (a mobile's prefix, an area code, an
+                # ID's six-digit region); a date's or a time's later groups are one or two digits.
+                if ((len(first) >= 3 and _MOBILE_DIGITS.fullmatch(digits))
+                        or (_AREA_CODE.fullmatch(first) and _LANDLINE_DIGITS.fullmatch(digits))
+                        or (len(first) >= 6 and _ID_DIGITS.fullmatch(digits))):
+                    return True
+                # Part of one, in groups of three or four ("2201 0219 8001"): still not for a note.
+                if long_groups and len(digits.rstrip("Xx")) >= 7:
+                    return True
+    return False
 
 
 def _party(caller: Caller, route: asyncpg.Record) -> bool:
@@ -147,8 +180,7 @@ def check_note(v: Violations, note: str) -> None:
     v.check(len(text) <= NOTE_MAX, "note", f"at most {NOTE_MAX} characters (the approved template's limit)")
     v.check(text.isprintable(), "note", "must be one line without control characters")
     v.check(not _LINK.search(text), "note", "must not contain a link (vendors refuse them)")
-    v.check(not _LONG_DIGITS.search(unicodedata.normalize("NFKC", text)), "note",
-            "must not contain phone or ID numbers")
+    v.check(not _carries_number(text), "note", "must not contain phone or ID numbers")
 
 
 async def send_staff_message(pool: asyncpg.Pool, cfg: NotifyConfig, caller: Caller, *, referral_id: str,
@@ -164,11 +196,11 @@ async def send_staff_message(pool: asyncpg.Pool, cfg: NotifyConfig, caller: Call
         row = await visible_route(conn, referral_id, caller)
         route = repo.route_from(row)
         contact = repo.contact_from(await repo.contact_row(conn, route.patient_id), route.patient_id)
-        message = PlannedMessage("staff_message", {"referral_id": referral_id, "note": note.strip()}, urgent=urgent)
+        message = PlannedMessage(STAFF_MESSAGE, {"referral_id": referral_id, "note": note.strip()}, urgent=urgent)
         # A note the SMS vendor's variable cannot hold goes whole in an instructions message too.
         await record_messages(conn, cfg, event_id=event_id, route=route, contact=contact, messages=[message],
                               now=cfg.clock())
-        notification_id = await repo.notification_id_for(conn, event_id, route.patient_id, "staff_message", "")
+        notification_id = await repo.notification_id_for(conn, event_id, route.patient_id, STAFF_MESSAGE, "")
         await audit.record(conn, caller, "SendStaffMessage", f"notifications/{notification_id}", route.patient_id)
     # The reply reads back what this call wrote: its audit row above covers it.
     return await get_notification(pool, caller, str(notification_id), audited=False)

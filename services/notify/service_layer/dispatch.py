@@ -92,7 +92,7 @@ class DispatchSettings:
     lease: timedelta = timedelta(seconds=60)
     # One vendor send with all its HTTP calls (WeChat: token, post, token refresh, post),
     # however slowly the vendor trickles its answers.
-    send_timeout: timedelta = timedelta(seconds=30)
+    send_timeout: timedelta = timedelta(seconds=7)
     batch: int = 50
     poll_seconds: float = 1.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -269,10 +269,7 @@ class Dispatcher:
 
     async def _send(self, d, n, client, message) -> SendOutcome | None:
         """The vendor's answer; None when nothing went out (handed back, or no longer this claim's)."""
-        if self._cfg.clock() + self._s.send_timeout + RECORD_MARGIN > d["lease_until"]:
-            # This patient's earlier messages used up the lease: sent now, the send could
-            # outlast it and go out twice.
-            await self._defer(d, self._cfg.clock(), "lease too short for a send", n)
+        if not await self._lease_fits_a_call(d, n, "a send"):
             return None
         if d["attempts"] > 1:
             # An earlier attempt may have reached the vendor with its answer lost: a receipt
@@ -286,6 +283,15 @@ class Dispatcher:
         except TimeoutError:
             return SendOutcome(SendStatus.RETRYABLE, "TIMEOUT", detail="no answer within the send timeout",
                                maybe_sent=True)
+
+    async def _lease_fits_a_call(self, d, n, call: str) -> bool:
+        """Whether a vendor call (bounded by the send timeout) and its record still fit in the
+        claim's lease; else `d` is handed back. This patient's earlier messages may have used up
+        the lease, and a call that outlasts it can go out again under another claim."""
+        if self._cfg.clock() + self._s.send_timeout + RECORD_MARGIN <= d["lease_until"]:
+            return True
+        await self._defer(d, self._cfg.clock(), f"lease too short for {call}", n)
+        return False
 
     def _status_query(self, d) -> StatusQuery | None:
         """The client that can tell whether an unanswered attempt of `d` reached its vendor."""
@@ -303,8 +309,7 @@ class Dispatcher:
         if query is None:
             # The vendor changed since (SMS_VENDOR) and the new one cannot be asked: as before.
             return True
-        if self._cfg.clock() + self._s.send_timeout + RECORD_MARGIN > d["lease_until"]:
-            await self._defer(d, self._cfg.clock(), "lease too short for a status pull", n)
+        if not await self._lease_fits_a_call(d, n, "a status pull"):
             return False
         async with self._pool.acquire() as conn:
             if not await repo.still_claimed(conn, d["id"], d["claim"]):
@@ -354,9 +359,11 @@ class Dispatcher:
             self.sent += 1
             # Kept as the vendor's receipt would be: its callback for the same message (maybe
             # already here, unlinked, as it names no delivery) then applies once.
+            # The contact's hash is the number's as receipts hash it (normalized, 11 digits: notify
+            # and referral store only such numbers); a contact without one is hashed here.
+            phone_hash = mobile_hash or self._pii.lookup_hash(normalize_cn_mobile(message.phone))
             await repo.record_receipt(conn, vendor=d["vendor"], vendor_message_id=report.vendor_message_id,
-                                      phone_hash=self._pii.lookup_hash(normalize_cn_mobile(message.phone)),
-                                      code=report.code, delivered=report.delivered)
+                                      phone_hash=phone_hash, code=report.code, delivered=report.delivered)
             if await _apply_early_receipts(conn, d, report.vendor_message_id, now, self._cfg):
                 self.wake()
         log.info("unanswered send found by a status pull: not sent again", delivery_id=str(d["id"]),

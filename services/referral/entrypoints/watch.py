@@ -7,9 +7,13 @@ import asyncio
 
 import asyncpg
 
+from services.common import db
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
+
+# Between attempts to listen again while PostgreSQL does not answer (watchers poll meanwhile).
+RETRY_SECONDS = 2.0
 
 
 class ChangeFeed:
@@ -44,10 +48,15 @@ class ChangeFeed:
             except asyncio.CancelledError:
                 await self.close()
                 raise
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            # db.UNAVAILABLE_ERRORS too: a dropped connection raises InterfaceError and the
+            # like, and the feed must outlive them (watchers poll meanwhile). A feed task that
+            # ended would fail liveness and restart the pod over a database blip.
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError, *db.UNAVAILABLE_ERRORS) as exc:
                 log.warning("change feed listen failed, watchers poll", error=str(exc))
+                if self._conn is not None:
+                    self._conn.terminate()  # a half-set-up connection is not kept open
                 self._conn = None
-                await asyncio.sleep(2)
+                await asyncio.sleep(RETRY_SECONDS)
 
     async def close(self) -> None:
         if self._conn is not None and not self._conn.is_closed():

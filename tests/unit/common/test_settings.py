@@ -5,6 +5,8 @@ import dataclasses
 import os
 
 import pytest
+import structlog.testing
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.common import app, config
 from services.common.pii import PiiCipher
@@ -49,19 +51,35 @@ def test_an_empty_hash_key_is_refused_with_the_encryption_keys_set():
         "PII_HASH_KEY must be set: base64 of at least 32 random bytes (DEV_MODE=1 generates local keys)"]
 
 
-@pytest.mark.parametrize("hash_key, problem", [
-    (_b64(16), "PII_HASH_KEY must be at least 32 bytes, it is 16"),
-    ("not base64!", "PII_HASH_KEY is not valid base64"),
-], ids=["short", "garbled"])
-def test_a_weak_or_garbled_hash_key_is_refused(hash_key, problem):
+def test_a_garbled_hash_key_is_refused():
     with pytest.raises(config.SettingsError) as refused:
-        PiiCipher.from_config(f"k1:{_b64(32)}", hash_key)
-    assert refused.value.problems == [problem]
+        PiiCipher.from_config(f"k1:{_b64(32)}", "not base64!")
+    assert refused.value.problems == ["PII_HASH_KEY is not valid base64"]
+
+
+def test_a_short_hash_key_is_accepted_with_a_warning_that_never_shows_it():
+    # Refusing it would stop the service, and replacing it orphans every stored lookup hash:
+    # an existing short key keeps working until a planned rotation.
+    short = _b64(16)
+    with structlog.testing.capture_logs() as logs:
+        cipher = PiiCipher.from_config(f"k1:{_b64(32)}", short)
+    assert cipher.lookup_hash("13812345678") == PiiCipher.from_config(
+        f"k2:{_b64(32)}", short).lookup_hash("13812345678")
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1 and "plan a rotation" in warnings[0]["event"]
+    assert warnings[0]["bytes"] == 16
+    assert short not in repr(logs) and short[:8] not in repr(logs)
+
+
+def test_a_hash_key_of_32_bytes_logs_no_warning():
+    with structlog.testing.capture_logs() as logs:
+        PiiCipher.from_config(f"k1:{_b64(32)}", _b64(32))
+    assert logs == []
 
 
 def test_a_bad_encryption_key_is_reported_by_position_never_printed():
     key = _b64(32)
-    short = _b64(16)
+    short = _b64(20)
     with pytest.raises(config.SettingsError) as refused:
         # No "kid:" prefix: the old parser took the whole key for the key id and printed it.
         PiiCipher.from_config(f"{key},k2:{short},k3:%%%", _b64(32))
@@ -70,8 +88,29 @@ def test_a_bad_encryption_key_is_reported_by_position_never_printed():
     assert refused.value.problems == [
         "PII_ENCRYPTION_KEYS entry 1 must be kid:base64key (an id of letters, digits, '_', '.' or '-', "
         "a colon, then the key)",
-        "PII_ENCRYPTION_KEYS entry 2: the key must be 32 bytes (AES-256), it is 16",
+        "PII_ENCRYPTION_KEYS entry 2: a decrypt-only key must be 16, 24 or 32 bytes, it is 20",
         "PII_ENCRYPTION_KEYS entry 3: the key is not valid base64"]
+
+
+@pytest.mark.parametrize("size", [16, 24])
+def test_the_key_that_encrypts_must_be_256_bits(size):
+    with pytest.raises(config.SettingsError) as refused:
+        PiiCipher.from_config(f"new:{_b64(size)},old:{_b64(32)}", _b64(32))
+    assert refused.value.problems == [
+        f"PII_ENCRYPTION_KEYS entry 1: the key that encrypts must be 32 bytes (AES-256), it is {size}"]
+    with pytest.raises(ValueError, match="key 1 .the one that encrypts. must be 256 bits"):
+        PiiCipher({"new": os.urandom(size)}, os.urandom(32))
+
+
+@pytest.mark.parametrize("size", [16, 24, 32])
+def test_data_under_an_older_shorter_key_stays_readable_after_a_rotation(size):
+    # Written before the first key had to be 256 bits: sealed here the way encrypt() seals.
+    old_key, nonce = os.urandom(size), os.urandom(12)
+    sealed = AESGCM(old_key).encrypt(nonce, b"13812345678", b"mobile")
+    token = "old:" + base64.b64encode(nonce + sealed).decode()
+    rotated = PiiCipher.from_config(f"new:{_b64(32)},old:{base64.b64encode(old_key).decode()}", _b64(32))
+    assert rotated.decrypt(token, "mobile") == "13812345678"
+    assert rotated.encrypt("x").startswith("new:")
 
 
 def test_outside_dev_mode_a_start_needs_both_keys(env, tmp_path):
