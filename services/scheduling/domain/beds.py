@@ -96,9 +96,12 @@ def keeps_pool(new: str, patient: BookedPatient) -> bool:
     return new == "reserved" or patient.green_channel
 
 
+# A patient of unknown age is outside any age limit, as the engine places them
+# (engine.options.bed_admits): it would not have given them this bed under the new limit,
+# so the bed board may not set that limit under their booking either.
 def keeps_min_age(new: int | None, patient: BookedPatient) -> bool:
-    return new is None or patient.age is None or patient.age >= new
+    return new is None or (patient.age is not None and patient.age >= new)
 
 
 def keeps_max_age(new: int | None, patient: BookedPatient) -> bool:
-    return new is None or patient.age is None or patient.age <= new
+    return new is None or (patient.age is not None and patient.age <= new)

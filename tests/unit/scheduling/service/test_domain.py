@@ -103,7 +103,7 @@ def test_a_bed_beyond_the_reservation_keeps_green_channel_admissions_only():
 def test_age_limits_keep_the_booked_patients_inside_them():
     assert keeps_min_age(18, _WOMAN) and keeps_max_age(60, _WOMAN) and keeps_max_age(None, _WOMAN)
     assert not keeps_min_age(65, _WOMAN) and not keeps_max_age(14, _WOMAN)
-    assert keeps_max_age(14, BookedPatient())
+    assert not keeps_max_age(14, BookedPatient()) and keeps_max_age(None, BookedPatient())
 
 
 def test_exam_preparation_texts():
