@@ -258,18 +258,32 @@ async def insert_delivery(conn: asyncpg.Connection, notification_id: uuid.UUID, 
 
 
 async def cancel_pending_messages(conn: asyncpg.Connection, referral_id: str, *, booking_id: str = "",
-                                  keep_parts: Sequence[str] = (), reason: str) -> int:
+                                  keep_parts: Sequence[str] = (), reason: str,
+                                  timezone: str = "Asia/Shanghai") -> list[asyncpg.Record]:
     """Cancels the deliveries still waiting of the referral's messages (of one booking's, if
-    given), except the messages of `keep_parts` and those completing one of theirs (covers);
-    returns how many."""
-    result = await conn.execute(
-        """UPDATE deliveries d SET status = 'CANCELLED', status_reason = $4, updated_at = now()
-           FROM notifications n
-           WHERE d.notification_id = n.id AND n.referral_id = $1 AND ($2 = '' OR n.booking_id = $2)
-             AND n.part <> ALL($3::text[]) AND NOT (n.covers && $3::text[])
-             AND d.status IN ('PENDING', 'SENDING')""",
-        referral_id, booking_id, list(keep_parts), reason)
-    return int(result.split()[-1])
+    given), except the messages of `keep_parts`. Returns the kept messages still waiting (with
+    their waiting delivery's `due_at`) whose instructions message this cancelled: one covering
+    their part on the day (in `timezone`) they are due.
+
+    An instructions message never stays: it may carry a superseded item's instruction, and one
+    per day is what the patient should get, so the caller plans it afresh for the kept messages
+    returned and the new ones together."""
+    return await conn.fetch(
+        """WITH cancelled AS (
+             UPDATE deliveries d SET status = 'CANCELLED', status_reason = $4, updated_at = now()
+             FROM notifications n
+             WHERE d.notification_id = n.id AND n.referral_id = $1 AND ($2 = '' OR n.booking_id = $2)
+               AND n.part <> ALL($3::text[]) AND d.status IN ('PENDING', 'SENDING')
+             RETURNING n.part, n.covers)
+           -- Sees the rows as they were before the cancellation, which leaves these alone.
+           SELECT n.*, d.due_at FROM notifications n JOIN deliveries d ON d.notification_id = n.id
+           WHERE n.referral_id = $1 AND n.booking_id = $2 AND n.part = ANY($3::text[])
+             AND d.status IN ('PENDING', 'SENDING')
+             AND EXISTS (SELECT FROM cancelled c
+                         WHERE n.part = ANY(c.covers)
+                           AND split_part(c.part, '#', 1) = to_char(d.due_at AT TIME ZONE $5, 'YYYY-MM-DD'))
+           ORDER BY d.due_at, n.part""",
+        referral_id, booking_id, list(keep_parts), reason, timezone)
 
 
 async def bring_told(conn: asyncpg.Connection, referral_id: str, booking_id: str) -> str:

@@ -5,10 +5,14 @@ in the consumer's inbox transaction.
 A message that cannot carry an instruction whole on a channel planned for it (a vendor's
 variable or WeChat field is too short) carries what fits and points to the instructions
 message, which the same transaction plans: one for the messages of an event that go out on
-the same day, whatever their number, so that a booking's items do not multiply it.
+the same day, whatever their number, so that a booking's items do not multiply it. An event
+that supersedes some of a booking's waiting messages cancels its waiting instructions messages
+too (one may carry a superseded item's instruction) and plans them again for the messages it
+keeps that pointed to them, together with its own.
 """
 from __future__ import annotations
 
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -24,7 +28,7 @@ from services.notify.adapters import repository as repo
 from services.notify.domain.messages import Planner
 from services.notify.domain.model import SHANGHAI, Channel, Contact, EventPlan, PlannedMessage, Route, SkipReason
 from services.notify.domain.policy import QuietHours, choose_channels, waits_for_quiet_hours
-from services.notify.domain.templates import INSTRUCTIONS, Catalogue, Template, render, spread
+from services.notify.domain.templates import INSTRUCTIONS, Catalogue, Rendered, Template, render, spread
 
 Clock = Callable[[], datetime]
 
@@ -78,6 +82,27 @@ class Created:
     cut: tuple[str, ...] = ()
 
 
+def _cut_lines(tpl: Template, values: dict[str, str], rendered: Rendered,
+               channels: Sequence[Channel]) -> tuple[str, ...]:
+    # Any channel of the plan may be the one that sends it (a fallback).
+    cut = ((rendered.sms_cut if Channel.SMS in channels else frozenset())
+           | (rendered.wechat_cut if Channel.WECHAT in channels else frozenset()))
+    return tuple(tpl.instruction_lines(values, cut))
+
+
+def waiting(cfg: NotifyConfig, row: asyncpg.Record) -> tuple[PlannedMessage, Created]:
+    """A message created by an earlier event and still waiting (a notifications row with its
+    waiting delivery's `due_at`), as planning it would have made it: what it cuts, when it goes."""
+    tpl = cfg.catalogue.get(row["template"])
+    values = json.loads(row["params"])
+    channels = [Channel(c) for c in row["channel_plan"]]
+    message = PlannedMessage(tpl.key, values, part=row["part"], urgent=row["urgent"], not_before=row["due_at"],
+                             expires_at=row["expires_at"], booking_id=row["booking_id"], reminder=row["reminder"],
+                             essential=row["essential"])
+    cut = _cut_lines(tpl, values, render(tpl, values, sms_param_limit=cfg.sms_param_limit), channels)
+    return message, Created(False, row["due_at"], row["urgent"], row["essential"], cut)
+
+
 def _channels_for(cfg: NotifyConfig, tpl: Template, contact: Contact,
                   essential: bool) -> tuple[list[Channel], SkipReason | None]:
     choice = choose_channels(contact, essential=essential, wechat_template=tpl.wechat.template_id)
@@ -108,10 +133,7 @@ async def create_notification(conn: asyncpg.Connection, cfg: NotifyConfig, *, ev
     if notification_id is None or skip is not None:
         return Created(False, due, urgent, essential)
     await repo.insert_delivery(conn, notification_id, channels[0], cfg.vendor_for(channels[0]), due)
-    # Any channel of the plan may be the one that sends it (a fallback).
-    cut = ((rendered.sms_cut if Channel.SMS in channels else frozenset())
-           | (rendered.wechat_cut if Channel.WECHAT in channels else frozenset()))
-    return Created(True, due, urgent, essential, tuple(tpl.instruction_lines(message.values, cut)))
+    return Created(True, due, urgent, essential, _cut_lines(tpl, message.values, rendered, channels))
 
 
 def instructions_messages(cfg: NotifyConfig, route: Route, contact: Contact, day: date,
@@ -135,11 +157,17 @@ def instructions_messages(cfg: NotifyConfig, route: Route, contact: Contact, day
 
 
 async def record_messages(conn: asyncpg.Connection, cfg: NotifyConfig, *, event_id: str, route: Route,
-                          contact: Contact, messages: Sequence[PlannedMessage], now: datetime) -> bool:
-    """Creates `messages` and the instructions messages that complete them; returns whether the
-    patient is being told (a message other than a reminder has a delivery)."""
+                          contact: Contact, messages: Sequence[PlannedMessage], now: datetime,
+                          uncovered: Sequence[tuple[PlannedMessage, Created]] = ()) -> bool:
+    """Creates `messages` and the instructions messages that complete them and `uncovered`
+    (earlier messages still waiting whose instructions message was cancelled; see `waiting`):
+    one per day for both. Returns whether the patient is being told (a message other than a
+    reminder has a delivery)."""
     told = False
     cut_by_day: dict[date, list[tuple[PlannedMessage, Created]]] = defaultdict(list)
+    for message, created in uncovered:
+        if created.cut:
+            cut_by_day[created.due.astimezone(SHANGHAI).date()].append((message, created))
     for message in messages:
         created = await create_notification(conn, cfg, event_id=event_id, route=route, message=message,
                                             contact=contact, now=now)
@@ -156,14 +184,18 @@ async def record_messages(conn: asyncpg.Connection, cfg: NotifyConfig, *, event_
 async def record_plan(conn: asyncpg.Connection, cfg: NotifyConfig, *, event_id: str, event_type: str,
                       route: Route, plan: EventPlan) -> None:
     now = cfg.clock()
+    uncovered: list[tuple[PlannedMessage, Created]] = []
     if plan.cancel_pending_of_referral or plan.cancel_pending_of_booking:
-        await repo.cancel_pending_messages(
+        # The kept messages still point to the instructions message: theirs is planned again,
+        # with the new messages', by this event (so once, as the event is applied once).
+        uncovered = [waiting(cfg, row) for row in await repo.cancel_pending_messages(
             conn, route.referral_id,
             booking_id="" if plan.cancel_pending_of_referral else plan.cancel_pending_of_booking,
-            keep_parts=sorted(plan.keep_pending_of_items), reason=f"superseded by {event_type.rsplit('.', 1)[-1]}")
+            keep_parts=sorted(plan.keep_pending_of_items), reason=f"superseded by {event_type.rsplit('.', 1)[-1]}",
+            timezone=SHANGHAI.key)]
     contact = repo.contact_from(await repo.contact_row(conn, route.patient_id), route.patient_id)
     told = await record_messages(conn, cfg, event_id=event_id, route=route, contact=contact,
-                                 messages=plan.messages, now=now)
+                                 messages=plan.messages, now=now, uncovered=uncovered)
     if plan.clinic is not None:
         update = plan.clinic
         event = events_pb2.ReferralUpdateForClinic(

@@ -5,7 +5,8 @@ within the per-template daily SMS cap."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+import json
+from collections import Counter, defaultdict
 
 import grpc
 
@@ -54,6 +55,15 @@ async def _planned(db, referral_id: str) -> list:
         "SELECT n.template, n.part, n.covers, n.params, d.status, d.status_reason, d.due_at "
         "FROM notify.notifications n JOIN notify.deliveries d ON d.notification_id = n.id "
         "WHERE n.referral_id = $1 ORDER BY d.due_at, n.template, n.part", referral_id)
+
+
+async def _planned_by(db, event_id: str) -> bool:
+    return await db.fetchval("SELECT count(*) > 0 FROM notify.notifications WHERE event_id = $1", event_id)
+
+
+async def _nothing_due_waits(db, referral_id: str, clock) -> bool:
+    return not [r for r in await _planned(db, referral_id)
+                if r["due_at"] <= clock() and r["status"] in ("PENDING", "SENDING")]
 
 
 async def _due_sent(db, referral_id: str, clock) -> bool:
@@ -139,7 +149,7 @@ async def test_on_wechat_a_field_too_short_points_to_the_instructions_which_fall
     assert "".join(by_sms["params"][f"piece{i}"] for i in range(1, 6)) == f"CT室：{CT_PREP}"
 
 
-async def test_an_instructions_message_stays_while_a_message_pointing_to_it_stays(
+async def test_a_moved_item_s_waiting_instructions_are_planned_again_for_the_messages_that_stay(
         stack, monkeypatch, vendors, broker, db):
     _, _, tencent = vendors
     clock = AdjustableClock(local(2034, 4, 1, 10, 0))
@@ -150,8 +160,9 @@ async def test_an_instructions_message_stays_while_a_message_pointing_to_it_stay
         await publish(broker, ref.accepted(), ref)
         await publish(broker, booking, ref)
         await eventually(lambda: len(tencent.accepted) == 7)
-        # The CT moves to another day; the consultation, whose reminders point to the
-        # instructions of the 9th and the 10th, stays.
+        # The CT moves to another day; the consultation and the other exams, whose reminders
+        # point to the instructions of the 9th and the 10th, stay: those instructions, which
+        # carry the CT's too, make way for ones without it.
         items = list(booking.items)
         ct = ref.item(local(2034, 4, 12, 9, 0), kind=sch_ev.ITEM_KIND_EXAM, item_id="ct", room="CT室",
                       building="医技楼", floor="1楼")
@@ -168,9 +179,20 @@ async def test_an_instructions_message_stays_while_a_message_pointing_to_it_stay
             return sorted((str(r["due_at"].astimezone(SHANGHAI).date()), tuple(r["covers"])) for r in rows
                           if r["template"] == "instructions" and r["status"] == status)
         everything = ("consult", "ct", "mri", "us")
-        assert later("PENDING") == [("2034-04-09", everything), ("2034-04-09", everything),
-                                    ("2034-04-10", ("consult", "ct")), ("2034-04-11", ("ct",)),
-                                    ("2034-04-12", ("ct",))]
+        assert later("PENDING") == [("2034-04-09", ("consult", "mri", "us")), ("2034-04-10", ("consult",)),
+                                    ("2034-04-11", ("ct",)), ("2034-04-12", ("ct",))]
+        assert later("CANCELLED") == [("2034-04-09", everything), ("2034-04-09", everything),
+                                      ("2034-04-10", ("consult", "ct"))]
+        waiting = defaultdict(list)
+        for r in rows:
+            if r["template"] == "instructions" and r["status"] == "PENDING":
+                params = json.loads(r["params"])
+                waiting[str(r["due_at"].astimezone(SHANGHAI).date())].append(
+                    (params["index"], "".join(params[f"piece{i}"] for i in range(1, 6))))
+        assert {day: "".join(piece for _, piece in sorted(pieces)) for day, pieces in waiting.items()} == {
+            "2034-04-09": f"请携带{BRING}；心内科2诊室：{CONSULT_PREP}",
+            "2034-04-10": f"心内科2诊室：{CONSULT_PREP}",
+            "2034-04-11": f"请携带{BRING}；CT室：{CT_PREP}", "2034-04-12": f"CT室：{CT_PREP}"}
         # The booking's instructions went out; the CT's change came with its own.
         assert later("SENT") == [("2034-04-01", everything), ("2034-04-01", everything), ("2034-04-01", ("ct",))]
         assert _instructions_text(tencent.accepted[7:]) == f"请携带{BRING}；CT室：{CT_PREP}"
@@ -201,3 +223,62 @@ async def test_a_desk_note_longer_than_the_sms_variable_goes_whole_in_the_instru
     [staff] = [r["params"] for r in tencent.accepted if r["template_id"] == "2300601"]
     assert staff == ["明早请先到一楼服" + POINTER]
     assert _instructions_text(tencent.accepted) == note
+
+
+async def test_an_exam_moved_to_another_room_replaces_the_waiting_instructions_of_its_booking(
+        stack, monkeypatch, vendors, broker, db):
+    _, _, tencent = vendors
+    # Booked at night (quiet hours from 21:00): the booking's messages and their instructions
+    # wait for the morning, when the MRI has already moved to another room.
+    clock = AdjustableClock(local(2034, 6, 1, 22, 0))
+    ref = Referral(Patient(stack))
+    mri_prep = "请勿携带金属物品；体内有心脏起搏器者请提前告知"
+
+    def exams(mri_room: str) -> list:
+        out = []
+        for hour, item_id, room, modality, prep in ((9, "ct", "CT室", "CT", CT_PREP),
+                                                    (10, "mri", mri_room, "MRI", mri_prep)):
+            exam = ref.item(local(2034, 6, 10, hour, 0), kind=sch_ev.ITEM_KIND_EXAM, item_id=item_id, room=room,
+                            building="医技楼", floor="1楼")
+            exam.modality, exam.preparation = modality, prep
+            out.append(exam)
+        return out
+
+    booking = ref.scheduled(exams("磁共振室"), booking_id="BK" + ref.referral_id, bring=BRING)
+    env = {**vendor_env(*vendors, vendor="tencent"), "QUIET_HOURS": "21:00-08:00"}
+
+    async def instructions() -> list:
+        return await db.fetch(
+            "SELECT n.event_id, n.part, n.covers, d.status FROM notify.notifications n "
+            "JOIN notify.deliveries d ON d.notification_id = n.id "
+            "WHERE n.referral_id = $1 AND n.template = 'instructions' AND d.status <> 'CANCELLED' "
+            "ORDER BY n.part", ref.referral_id)
+
+    async with notify_service(stack, monkeypatch, env, clock=clock):
+        await publish(broker, ref.accepted(), ref)
+        booked_id = await publish(broker, booking, ref)
+        await eventually(lambda: _planned_by(db, booked_id))
+        clock.set_local(local(2034, 6, 1, 22, 30))
+        moved = sch_ev.BookingRescheduled(referral_id=ref.referral_id, booking_id=booking.booking_id,
+                                          hospital_id=ref.hospital_id, sending_institution_id=ref.clinic_id,
+                                          items=exams("磁共振2室"), previous_items=booking.items,
+                                          reason="设备检修")
+        moved_id = await publish(broker, moved, ref)
+        await eventually(lambda: _planned_by(db, moved_id))
+        planned = await instructions()
+        # Redelivered past JetStream's duplicate window, the reschedule plans nothing again.
+        await publish(broker, moved, ref, event_id=moved_id, msg_id=moved_id + "-again")
+        await eventually(lambda: db.fetchval("SELECT count(*) = 1 FROM notify.inbox WHERE event_id = $1", moved_id))
+        await asyncio.sleep(1.0)
+        assert await instructions() == planned
+        clock.set_local(local(2034, 6, 2, 8, 1))
+        await eventually(lambda: _nothing_due_waits(db, ref.referral_id, clock))
+
+    # Each day has one instructions message (in pieces of one event), covering the kept CT's
+    # messages as well as the moved MRI's.
+    by_day: dict[str, set] = {}
+    for row in await instructions():
+        by_day.setdefault(row["part"].split("#")[0], set()).add((str(row["event_id"]), tuple(row["covers"])))
+    assert by_day == {day: {(moved_id, ("ct", "mri"))} for day in ("2034-06-02", "2034-06-09", "2034-06-10")}
+    # The one that went out in the morning names the MRI's new room and still the CT's preparation.
+    assert _instructions_text(tencent.accepted) == f"请携带{BRING}；CT室：{CT_PREP}；磁共振2室：{mri_prep}"
