@@ -324,10 +324,8 @@ class Dispatcher:
                 SETTLE_PULLS.labels(d["vendor"], "failed").inc()
                 log.warning("status pull failed: the retry waits to ask again", delivery_id=str(d["id"]),
                             code=code, pulls=pulls)
-                due = self._cfg.clock() + self._s.retry.delay(pulls, self._rng)
-                async with self._pool.acquire() as conn:
-                    await repo.reschedule(conn, d["id"], d["claim"], due, reason=f"status pull failed: {code}"[:200],
-                                          count_attempt=False, failed_pull=True)
+                await self._defer(d, self._cfg.clock() + self._s.retry.delay(pulls, self._rng),
+                                  f"status pull failed: {code}"[:200], n, failed_pull=True)
                 return False
             # The status API is down or refuses us: holding the message longer would leave the
             # patient untold, and a second SMS is the lesser harm.
@@ -391,15 +389,17 @@ class Dispatcher:
         await self._defer(d, later, "per-number cap", n)
         return True
 
-    async def _defer(self, d, until: datetime, why: str, n) -> None:
-        """Not an attempt: the message waits (quiet hours, caps) unless it would be too late."""
+    async def _defer(self, d, until: datetime, why: str, n, *, failed_pull: bool = False) -> None:
+        """Not an attempt: the message waits (quiet hours, caps, a status pull to ask again)
+        unless it would be too late."""
         if not (n["urgent"]) and self._cfg.quiet.contains(until):
             until = self._cfg.quiet.next_allowed(until)
         if n["expires_at"] is not None and until >= n["expires_at"]:
             await self._finish(d, DeliveryStatus.CANCELLED, reason=f"{why}: would arrive too late")
             return
         async with self._pool.acquire() as conn:
-            await repo.reschedule(conn, d["id"], d["claim"], until, reason=why, count_attempt=False)
+            await repo.reschedule(conn, d["id"], d["claim"], until, reason=why, count_attempt=False,
+                                  failed_pull=failed_pull)
 
     async def _finish(self, d, status: DeliveryStatus, *, reason: str) -> None:
         async with self._pool.acquire() as conn:
