@@ -19,22 +19,6 @@ def _b64(n: int) -> str:
     return base64.b64encode(os.urandom(n)).decode()
 
 
-@pytest.fixture
-def env(monkeypatch):
-    """A clean environment for the settings read here; set(...) adds to it."""
-    for name in list(os.environ):
-        if name.split("_")[0] in ("PII", "AUTH", "GRPC", "DB", "DEV", "NOTIFY", "SMS", "WECHAT", "ALIYUN",
-                                  "TENCENT", "REFERRAL", "SCHEDULER", "SCHEDULING", "QUIET", "RECEIPTS",
-                                  "SHUTDOWN", "EVENT", "MIGRATE", "DATABASE", "NATS", "TLS"):
-            monkeypatch.delenv(name)
-
-    class Env:
-        def set(self, **values: str) -> None:
-            for name, value in values.items():
-                monkeypatch.setenv(name, value)
-    return Env()
-
-
 def _settings(service: str = "notify", **fields) -> config.Settings:
     base, problems = config.read(service)
     assert problems == []

@@ -4,7 +4,6 @@ timeout a graceful stop cannot wait out."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,21 +21,6 @@ ALIYUN = {"ALIYUN_ACCESS_KEY_ID": "LTAI-id", "ALIYUN_ACCESS_KEY_SECRET": "ak-sec
 TENCENT = {"TENCENT_SECRET_ID": "AKID-id", "TENCENT_SECRET_KEY": "tc-secret", "TENCENT_SMS_SDK_APP_ID": "1400000000",
            "TENCENT_SMS_SIGN_NAME": "县医共体"}
 WECHAT = {"WECHAT_APPID": "wx123", "WECHAT_APPSECRET": "wx-secret"}
-
-
-@pytest.fixture
-def env(monkeypatch):
-    """A clean environment for the settings read here; set(...) adds to it."""
-    for name in list(os.environ):
-        if name.split("_")[0] in ("PII", "AUTH", "GRPC", "DB", "DEV", "NOTIFY", "SMS", "WECHAT", "ALIYUN",
-                                  "TENCENT", "QUIET", "RECEIPTS", "SHUTDOWN", "DATABASE", "NATS"):
-            monkeypatch.delenv(name)
-
-    class Env:
-        def set(self, **values: str) -> None:
-            for name, value in values.items():
-                monkeypatch.setenv(name, value)
-    return Env()
 
 
 def _notify(dev_mode: bool = False, **fields) -> NotifySettings:
