@@ -127,7 +127,7 @@ async def _hospital(pool: asyncpg.Pool, sched: Scheduler, departments: int, spar
             await repo.lock_hospital(conn, hospital)
             for k in range(0, len(sessions), 2000):
                 await resources.publish_sessions(conn, pb.PublishSessionsRequest(
-                    hospital_id=hospital, sessions=sessions[k:k + 2000]))
+                    hospital_id=hospital, sessions=sessions[k:k + 2000]), today)
             await resources.upsert_beds(conn, pb.UpsertBedsRequest(hospital_id=hospital, wards=[pb.Ward(
                 ward_id=f"{hospital}-W1", department="cardiology", name="心内科一病区",
                 place=events_pb2.Place(building="住院楼", floor="5层"), rooms=rooms)]), today)

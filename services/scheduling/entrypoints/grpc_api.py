@@ -139,7 +139,7 @@ class SchedulingServicer(pb_grpc.SchedulingServiceServicer):
         hospital_scope(request.hospital_id, Role.REFERRAL_DESK, Role.SERVICE)
         async with self.pool.acquire() as conn, conn.transaction():
             await repo.lock_hospital(conn, request.hospital_id)
-            return await resources.publish_sessions(conn, request)
+            return await resources.publish_sessions(conn, request, calendar.local_date(self.sched.clock()))
 
     async def PublishExamCapacity(self, request, context):
         hospital_scope(request.hospital_id, Role.REFERRAL_DESK, Role.SERVICE)

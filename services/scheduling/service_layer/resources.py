@@ -149,8 +149,6 @@ class _Bookable:
     key: str
     items: str
     told: dict[str, _Told]
-    # Only items with a night from today ($2 in `items`) on count.
-    from_today: bool = False
 
 
 # What a patient was told besides the time (where, whom, what) may not change under a live
@@ -160,9 +158,12 @@ class _Bookable:
 # patient still fits (a room made single-sex for their own sex, equipment added or only
 # preferred, a bed back in the reservation, age limits they are inside) takes nothing from
 # them, so a bed manager reorganising a ward is refused only where it would strand someone.
-# Of a stay only its nights from today on rely on the bed: a night before today is over,
-# and a booking whose nights all are (its patient came or did not) holds nothing back.
-_SLOT_ITEMS = "JOIN slots s ON s.{key} = x.{key} JOIN booking_items bi USING (slot_id)"
+# Only what lies from today ($2 in `items`) on relies on the capacity: a slot or a night
+# before today is over, and a booking that is all behind us (its patient came or did not,
+# and nobody recorded which) holds nothing back. A CT moved to another room months after
+# its first referral is not refused for the visits it has already served.
+_SLOT_ITEMS = ("JOIN slots s ON s.{key} = x.{key} AND (s.start_at AT TIME ZONE 'Asia/Shanghai')::date >= $2 "
+               "JOIN booking_items bi USING (slot_id)")
 _BED_ITEMS = "JOIN bed_nights n ON n.bed_id = {bed}.bed_id AND n.night >= $2 JOIN booking_items bi USING (item_id)"
 _PLACE = {"building": _Told("place.building", "楼栋"), "floor": _Told("place.floor", "楼层")}
 _BOOKABLE = {
@@ -175,15 +176,14 @@ _BOOKABLE = {
                        + _BED_ITEMS.format(bed="b"), {
         "department": _Told("department", "科室"), "name": _Told("name", "病区名称"), **_PLACE,
         "min_age": _Told("min_age", "最小年龄", lambda old, new, p: beds.keeps_min_age(new, p)),
-        "max_age": _Told("max_age", "最大年龄", lambda old, new, p: beds.keeps_max_age(new, p))}, from_today=True),
+        "max_age": _Told("max_age", "最大年龄", lambda old, new, p: beds.keeps_max_age(new, p))}),
     "rooms": _Bookable("room_id", "JOIN beds b ON b.room_id = x.room_id " + _BED_ITEMS.format(bed="b"), {
         "ward_id": _Told("", "所在病区"), "label": _Told("label", "房间号"),
         "gender_policy": _Told("gender_policy", "性别安排", lambda old, new, p: beds.keeps_gender_policy(new, p)),
-        "equipment": _Told("equipment", "设备", beds.keeps_equipment)}, from_today=True),
+        "equipment": _Told("equipment", "设备", beds.keeps_equipment)}),
     "beds": _Bookable("bed_id", _BED_ITEMS.format(bed="x"), {
         "room_id": _Told("", "所在房间"), "label": _Told("label", "床号"),
-        "pool": _Told("overflow", "预留/绿色通道床位池", lambda old, new, p: beds.keeps_pool(new, p))},
-        from_today=True),
+        "pool": _Told("overflow", "预留/绿色通道床位池", lambda old, new, p: beds.keeps_pool(new, p))}),
 }
 _SEX = {rtypes.GENDER_MALE: "MALE", rtypes.GENDER_FEMALE: "FEMALE"}
 
@@ -196,10 +196,11 @@ def _booked_patient(snapshot: bytes, need_id: str) -> beds.BookedPatient:
 
 
 async def _refuse_changes_once_booked(conn, changes: dict[str, dict[str, tuple[str, dict[str, Any]]]],
-                                     today: date | None = None) -> None:
+                                     today: date) -> None:
     """Refuses to change what live bookings rely on (changes: table -> id -> (request path,
     column -> new value)), naming each field and how many bookings rely on it. Unbooked
-    capacity may change freely. `today` (beds, rooms and wards): the first night that counts."""
+    capacity may change freely. `today`: the first day (hospital time) whose slots and
+    nights count."""
     refused = []
     for table, wanted in changes.items():
         if not wanted:
@@ -213,16 +214,12 @@ async def _refuse_changes_once_booked(conn, changes: dict[str, dict[str, tuple[s
         changed = {i: cs for i, cs in changed.items() if cs}
         if not changed:
             continue
-        args = [list(changed)]
-        if kind.from_today:
-            assert today is not None, f"{table}: only nights from a given day count"
-            args.append(today)
         booked: dict[str, list[beds.BookedPatient]] = {}
         for r in await conn.fetch(f"""
                 SELECT DISTINCT x.{kind.key} AS id, bk.booking_id, bi.need_id, ref.snapshot
                   FROM {table} x {kind.items} JOIN bookings bk USING (booking_id) JOIN referrals ref USING (referral_id)
                  WHERE x.{kind.key} = ANY($1::text[]) AND bk.state IN ('TENTATIVE', 'CONFIRMED')""",
-                                  *args):
+                                  list(changed), today):
             booked.setdefault(r["id"], []).append(_booked_patient(r["snapshot"], r["need_id"]))
         for i, cs in changed.items():
             path, new = wanted[i]
@@ -243,7 +240,7 @@ def _session_slots(s: pb.OutpatientSession, day: date, reserved: int) -> list[tu
             for i, m in enumerate(starts) if res[i] + over[i] > 0]
 
 
-async def publish_sessions(conn, req: pb.PublishSessionsRequest) -> pb.PublishSessionsResponse:
+async def publish_sessions(conn, req: pb.PublishSessionsRequest, today: date) -> pb.PublishSessionsResponse:
     policy = await get_policy(conn, req.hospital_id, "outpatient")
     v = Violations()
     check_id(v, req.hospital_id, "hospital_id")
@@ -284,7 +281,7 @@ async def publish_sessions(conn, req: pb.PublishSessionsRequest) -> pb.PublishSe
     await _refuse_changes_once_booked(conn, {"sessions": {
         s.session_id: (f"sessions[{i}]", {"department": s.department.strip(), "doctor_id": s.doctor_id,
                                           "building": s.place.building, "floor": s.place.floor, "room": s.place.room})
-        for i, s in enumerate(req.sessions)}})
+        for i, s in enumerate(req.sessions)}}, today)
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     slots = places = 0
     for s, day, reserved in plans:
@@ -394,7 +391,7 @@ async def publish_exam_capacity(conn, req: pb.PublishExamCapacityRequest,
     await _refuse_changes_once_booked(conn, {"exam_channels": {
         c.channel_id: (f"channels[{i}]", {"modality": c.modality, "building": c.place.building,
                                           "floor": c.place.floor, "room": c.place.room})
-        for i, c in enumerate(req.channels)}})
+        for i, c in enumerate(req.channels)}}, today)
     await repo.upsert_hospital(conn, req.hospital_id, req.hospital_name)
     for c in channels.values():
         text = preparation.exam_preparation(c.modality, c.fasting_hours, c.contrast_agent,

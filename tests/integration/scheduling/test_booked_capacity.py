@@ -82,6 +82,41 @@ async def test_a_booked_exam_channel_keeps_its_modality_and_place(stack, app, st
                                    metadata=desk)
 
 
+async def test_a_visit_behind_us_relies_on_nothing_but_one_from_today_does(stack, app, stub, hospital):
+    """Nobody may record that a patient came (the booking stays CONFIRMED): the CT moved to
+    another room months later is not refused for the visits it has already served."""
+    desk = stack.metadata(hospital, Role.REFERRAL_DESK)
+    scheduler = stack.metadata("scheduler", Role.SERVICE)
+    ct = pb.ExamChannel(channel_id=f"{hospital}-CT1", modality="CT", slot_minutes=20,
+                        place=events_pb2.Place(building="医技楼", floor="1层", room="CT室1"))
+
+    async def book_ct(day) -> str:
+        await stub.PublishExamCapacity(pb.PublishExamCapacityRequest(hospital_id=hospital, channels=[ct], capacity=[
+            pb.ExamDayCapacity(channel_id=ct.channel_id, date=pdate(day), start_time="08:00", end_time="09:00",
+                               reserved_places=3)]), metadata=desk)
+        result = await stub.AllocateReferral(pb.AllocateReferralRequest(referral=referral(
+            hospital, exam("CT"), dates=[day])), metadata=scheduler)
+        assert not result.waitlisted
+        return result.booking.name
+
+    await book_ct(today() + timedelta(days=2))
+    # Time passes: that visit's slots are now ten days ago, its booking still live.
+    await app.ctx.pool.execute("UPDATE slots SET start_at = start_at - interval '12 days' WHERE channel_id = $1",
+                               ct.channel_id)
+    upcoming = await book_ct(today() + timedelta(days=1))
+    assert await app.ctx.pool.fetchval(
+        "SELECT count(*) FROM bookings b JOIN booking_items bi USING (booking_id) JOIN slots s USING (slot_id) "
+        "WHERE s.channel_id = $1 AND b.state IN ('TENTATIVE', 'CONFIRMED')", ct.channel_id) == 2
+    moved = pb.ExamChannel()
+    moved.CopyFrom(ct)
+    moved.place.room = "CT室3"
+    await _refused(stub.PublishExamCapacity(pb.PublishExamCapacityRequest(hospital_id=hospital, channels=[moved]),
+                                            metadata=desk), "channels[0].place.room（房间，1个有效预约）")
+    await stub.CancelBooking(pb.CancelBookingRequest(name=upcoming), metadata=desk)
+    await stub.PublishExamCapacity(pb.PublishExamCapacityRequest(hospital_id=hospital, channels=[moved]),
+                                   metadata=desk)
+
+
 def _wards(hospital: str) -> list[pb.Ward]:
     """W2 (neurology, never booked) and W1 (cardiology): room R1 of W1, any gender, with
     oxygen and isolation, has bed B1, where the admissions below land."""
