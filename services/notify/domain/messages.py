@@ -158,13 +158,23 @@ class Planner:
 
     def reminders(self, route: Route, booking_id: str, appt: Appointment, bring: str,
                   now: datetime) -> list[PlannedMessage]:
+        """The reminders of an item announced (booked or changed) at `now`, the event's time."""
         values = self.appointment_values(route, appt, bring)
         local = appt.start.astimezone(SHANGHAI)
         h, m = self.rules.day_before_at
         day_before = (local - timedelta(days=1)).replace(hour=h, minute=m, second=0, microsecond=0)
         # "Tomorrow" is wrong once the day has come: the day-before reminder expires at midnight.
         midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
-        due = [(DAY_BEFORE, day_before, min(midnight, appt.start))]
+        due = []
+        # The patient told of an item today needs no "tomorrow" about it this evening, and the
+        # day's SMS must stay under the per-number daily cap (a consultation and three exams
+        # would otherwise send eight or more), past which an evening reminder is held to the
+        # next day and expires. Judged by the planning time: the planner cannot know the
+        # quiet hours or caps that may hold the announcement over. An admission keeps its
+        # reminder: the booking message gives only the day, the reminder the time and what
+        # to prepare, and it has no 2-hour reminder.
+        if appt.kind == "admission" or now.astimezone(SHANGHAI).date() != day_before.date():
+            due.append((DAY_BEFORE, day_before, min(midnight, appt.start)))
         if appt.kind != "admission":
             # An admission is a day to come in, not a visit: reminded the evening before only.
             due.append((TWO_HOURS, appt.start - self.rules.before, appt.start))

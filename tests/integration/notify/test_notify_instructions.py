@@ -1,7 +1,7 @@
 """What to bring and how to prepare reach the patient whole, whatever a vendor's length
 limit: a message keeps what fits and points to the instructions message ("就诊须知"), which
 carries the rest in pieces, once per event and day; and a booking of several items stays
-within the per-template daily SMS cap."""
+within the per-template and per-number daily SMS caps, booked the day before the visit too."""
 from __future__ import annotations
 
 import asyncio
@@ -52,7 +52,7 @@ def _instructions_text(accepted: list[dict]) -> str:
 
 async def _planned(db, referral_id: str) -> list:
     return await db.fetch(
-        "SELECT n.template, n.part, n.covers, n.params, d.status, d.status_reason, d.due_at "
+        "SELECT n.template, n.part, n.covers, n.params, d.status, d.status_reason, d.due_at, d.sent_at "
         "FROM notify.notifications n JOIN notify.deliveries d ON d.notification_id = n.id "
         "WHERE n.referral_id = $1 ORDER BY d.due_at, n.template, n.part", referral_id)
 
@@ -119,6 +119,45 @@ async def test_a_long_instruction_reaches_the_patient_whole_and_the_booking_stay
     assert instructions == {("2034-03-01", everything, "SENT"): 2,
                             ("2034-03-09", everything, "PENDING"): 2,  # with the evening-before reminders
                             ("2034-03-10", ("consult", "ct"), "PENDING"): 1}  # with the 2-hour ones
+
+
+async def test_a_booking_made_the_day_before_the_visit_stays_within_the_daily_cap_and_loses_no_message(
+        stack, monkeypatch, vendors, broker, db):
+    _, _, tencent = vendors
+    clock = AdjustableClock(local(2034, 7, 9, 9, 0))
+    ref = Referral(Patient(stack))
+    # The production's daily caps, per number and per template; not the hour's or the spacing,
+    # which only delay a send within the day.
+    env = {**vendor_env(*vendors, vendor="tencent"), "NOTIFY_SMS_PER_DAY": "8",
+           "NOTIFY_SMS_SAME_TEMPLATE_PER_DAY": "3"}
+    async with notify_service(stack, monkeypatch, env, clock=clock):
+        await publish(broker, ref.accepted(), ref)
+        await eventually(lambda: len(tencent.accepted) == 1)
+        clock.set_local(local(2034, 7, 9, 10, 0))
+        booked_id = await publish(broker, _booking(ref, 10, month=7), ref)
+        await eventually(lambda: _planned_by(db, booked_id))
+        await eventually(lambda: _due_sent(db, ref.referral_id, clock))
+        # The evening of the booking day, then each of the visit day's 2-hour reminders (from
+        # 06:00, an hour apart; each expires when its item begins).
+        for moment in (local(2034, 7, 9, 18, 1), *(local(2034, 7, 10, hour, 1) for hour in (6, 7, 8, 9))):
+            clock.set_local(moment)
+            await eventually(lambda: _nothing_due_waits(db, ref.referral_id, clock))
+        rows = await _planned(db, ref.referral_id)
+
+    # Every message planned went out: none held by the cap past its expiry, none waits.
+    assert [(r["template"], r["part"], r["status"], r["status_reason"]) for r in rows
+            if r["status"] != "SENT"] == []
+    assert len(tencent.accepted) == len(rows)
+    sent_on = Counter(str(r["sent_at"].astimezone(SHANGHAI).date()) for r in rows)
+    assert sent_on == {"2034-07-09": 7, "2034-07-10": 5}
+    by_day = defaultdict(Counter)
+    for r in rows:
+        by_day[str(r["sent_at"].astimezone(SHANGHAI).date())][r["template"]] += 1
+    # Told of the items that day, the patient has no evening reminder of them; the 2-hour
+    # reminders and their instructions come on the day.
+    assert by_day == {
+        "2034-07-09": {"referral_accepted": 1, "appointment_booked": 1, "exam_booked": 3, "instructions": 2},
+        "2034-07-10": {"reminder_2h": 1, "exam_reminder_2h": 3, "instructions": 1}}
 
 
 async def test_on_wechat_a_field_too_short_points_to_the_instructions_which_fall_back_to_sms_if_refused(

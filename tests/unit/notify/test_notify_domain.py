@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.notify.adapters.channels import validate_subscribe_data
-from services.notify.domain.messages import Planner
+from services.notify.domain.messages import Planner, ReminderRules
 from services.notify.domain.model import (
     SHANGHAI, Appointment, Channel, Contact, Place, Route, SkipReason, delivery_rate)
 from services.notify.domain.policy import Caps, QuietHours, RetryPolicy, cap_deferral, choose_channels
@@ -135,6 +135,70 @@ def test_booking_plans_messages_and_reminders_and_never_the_reason():
     assert late.messages[0].urgent  # within 12 hours: not held by quiet hours
     rejected = planner.referral_status(ROUTE, "REJECTED", reason="疑似恶性肿瘤")
     assert "肿瘤" not in str(rejected.messages) and rejected.clinic.reason == "疑似恶性肿瘤"
+
+
+def _exam(start: datetime, item_id: str = "I2") -> Appointment:
+    return Appointment(item_id, "exam", start, Place("白城市中心医院", "医技楼", "2楼", "超声3室"),
+                       modality="US")
+
+
+def _templates(plan) -> list[tuple[str, str]]:
+    return [(m.template, m.part) for m in plan.messages]
+
+
+@pytest.mark.parametrize(("now", "evening_reminders"), [
+    # The last moment of the day before: reminded, even though quiet hours would hold the
+    # announcement itself to the reminder's morning (the planning time counts).
+    (sh(2030, 6, 8, 23, 59, 59), True),
+    (sh(2030, 6, 9, 0, 0), False),  # the reminder's own day, from its first moment
+    (sh(2030, 6, 9, 0, 30).astimezone(UTC), False),  # still the 8th in UTC: the local day counts
+    (sh(2030, 6, 9, 17, 59), False),  # just before the reminder's time
+])
+def test_an_item_announced_on_the_day_of_its_evening_reminder_is_not_reminded_that_evening(now, evening_reminders):
+    consult, exam = _appointment(), _exam(sh(2030, 6, 10, 10, 30))
+    plan = Planner(CAT).scheduled(ROUTE, "B1", [consult, exam], "", now)
+    evening = [("reminder_day_before", "I1"), ("exam_reminder_day_before", "I2")] if evening_reminders else []
+    assert sorted(_templates(plan)) == sorted([
+        ("appointment_booked", "I1"), ("reminder_2h", "I1"), ("exam_booked", "I2"), ("exam_reminder_2h", "I2"),
+        *evening])
+    assert [m.not_before for m in plan.messages if m.template.endswith("reminder_2h")] == [
+        sh(2030, 6, 10, 7, 30), sh(2030, 6, 10, 8, 30)]
+
+
+def test_the_evening_reminder_is_skipped_by_the_day_whatever_its_configured_time():
+    # Reminded at 20:00: an item announced at 19:00 that day is not reminded an hour later.
+    planner = Planner(CAT, ReminderRules(day_before_at=(20, 0)))
+    assert _templates(planner.scheduled(ROUTE, "B1", [_appointment()], "", sh(2030, 6, 9, 19, 0))) == [
+        ("appointment_booked", "I1"), ("reminder_2h", "I1")]
+    # Reminded at midnight: the reminder's day has begun only once it is due, so it is never skipped.
+    planner = Planner(CAT, ReminderRules(day_before_at=(0, 0)))
+    assert _templates(planner.scheduled(ROUTE, "B1", [_appointment()], "", sh(2030, 6, 8, 23, 59))) == [
+        ("appointment_booked", "I1"), ("reminder_day_before", "I1"), ("reminder_2h", "I1")]
+
+
+def test_an_admission_announced_on_the_eve_keeps_its_reminder():
+    # Its booking message gives the day only; the reminder gives the time and what to prepare.
+    plan = Planner(CAT).scheduled(ROUTE, "B2", [_admission()], "", sh(2030, 6, 9, 10, 0))
+    assert [(m.template, m.not_before) for m in plan.messages] == [
+        ("admission_booked", None), ("admission_reminder", sh(2030, 6, 9, 18, 0))]
+
+
+def test_a_reschedule_on_the_eve_skips_the_evening_reminder_of_a_moved_item_only():
+    planner = Planner(CAT)
+    consult, exam = _appointment(), _exam(sh(2030, 6, 10, 10, 30))
+    eve = sh(2030, 6, 9, 11, 0)
+    # Moved within tomorrow: told of it today, reminded only 2 hours before.
+    to_tomorrow_afternoon = replace(exam, start=sh(2030, 6, 10, 15, 0))
+    plan = planner.rescheduled(ROUTE, "B1", [consult, to_tomorrow_afternoon], [consult, exam], "", eve, "设备检修")
+    assert _templates(plan) == [("exam_changed", "I2"), ("exam_reminder_2h", "I2")]
+    # The consultation did not move: its reminders planned at booking, the evening one too, stay.
+    assert plan.keep_pending_of_items == {"I1"}
+    # Moved to a later day: its new day-before reminder is on another day than today's news.
+    to_a_later_day = replace(exam, start=sh(2030, 6, 14, 10, 30))
+    plan = planner.rescheduled(ROUTE, "B1", [consult, to_a_later_day], [consult, exam], "", eve, "设备检修")
+    assert [(m.template, m.not_before) for m in plan.messages] == [
+        ("exam_changed", None), ("exam_reminder_day_before", sh(2030, 6, 13, 18, 0)),
+        ("exam_reminder_2h", sh(2030, 6, 14, 8, 30))]
 
 
 def test_admission_items_use_the_admission_template_without_a_2h_reminder():
