@@ -59,6 +59,21 @@ VENDOR_URL_KEY = re.compile(r"\w+_(ENDPOINT|API_BASE|URL)")
 SERVER_URL_KEYS = ("DATABASE_URL", "NATS_URL")
 # Keys of the basic-auth Secrets that envFrom imports with a prefix (README).
 BASIC_AUTH_KEYS = ("username", "password")
+# Custom resources: kubernetes_validate bundles no schema for them, so their fields are
+# checked by the functions below (CloudNativePG, its Barman Cloud plugin, the Prometheus
+# Operator's PodMonitor). Any other unknown apiVersion is a problem.
+CUSTOM_RESOURCE_APIS = ("postgresql.cnpg.io/v1", "barmancloud.cnpg.io/v1", "monitoring.coreos.com/v1")
+BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
+# CloudNativePG reads a ScheduledBackup's schedule in the operator's time zone, UTC in its
+# image; the hospitals are in Asia/Shanghai, UTC+8 all year (no daylight saving).
+SITE_UTC_OFFSET_HOURS = 8
+# Base backups read the whole data set: at night, site time, when referrals are fewest.
+BACKUP_HOURS_SITE = range(0, 6)
+# Where the PodMonitors (components/monitoring) are included.
+MONITORED_OVERLAYS = ("prod",)
+# Prometheus's pods and namespace, as the README requires them (base/network-policies.yaml).
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+PROMETHEUS_NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "monitoring"}
 
 
 def _kubectl() -> str:
@@ -190,7 +205,7 @@ def schema_problems(objs) -> list[str]:
             kubernetes_validate.validate(o, K8S_VERSION, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
             # Custom resources have no bundled schema; their fields are checked below.
-            if o["apiVersion"] != "postgresql.cnpg.io/v1":
+            if o["apiVersion"] not in CUSTOM_RESOURCE_APIS:
                 problems.append(f"{where}: no schema for {o['apiVersion']}")
         except kubernetes_validate.ValidationError as e:
             problems.append(f"{where}: {e.message} at {list(e.path)}")
@@ -470,6 +485,10 @@ def secret_problems(objs) -> list[str]:
             names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in c.get("env", [])
                       if "secretKeyRef" in e.get("valueFrom", {})}
             problems += [f"Secret {n} not documented in README" for n in sorted(names) if n not in readme]
+    for store in of_kind(objs, "ObjectStore"):
+        names = {v["name"] for creds in store["spec"].get("configuration", {}).values() if isinstance(creds, dict)
+                 for v in creds.values() if isinstance(v, dict) and "key" in v}
+        problems += [f"Secret {n} not documented in README" for n in sorted(names) if n not in readme]
     return problems
 
 
@@ -631,6 +650,182 @@ def url_problems(objs) -> list[str]:
     return problems
 
 
+def _schedule_problems(where, schedule: str) -> list[str]:
+    """A daily run at night in Asia/Shanghai, in CloudNativePG's six-field cron (seconds
+    first). Its robfig/cron v1 would read crontab's `0 2 * * *` as minute 2 of every hour."""
+    if re.match(r"(CRON_)?TZ=", schedule):
+        # The operator would need tzdata, and that parser panics on a zone it cannot load.
+        return [f"{where}: schedule {schedule!r} names a time zone; write it in the operator's UTC"]
+    fields = schedule.split()
+    if len(fields) != 6:
+        return [f"{where}: schedule {schedule!r} has {len(fields)} fields; CloudNativePG's has 6, seconds first"]
+    second, minute, hour, dom, month, dow = fields
+    if not all(f.isdigit() for f in (second, minute, hour)) or (dom, month) != ("*", "*") or dow not in ("*", "?"):
+        return [f"{where}: schedule {schedule!r} is not once a day"]
+    site_hour = (int(hour) + SITE_UTC_OFFSET_HOURS) % 24
+    if site_hour not in BACKUP_HOURS_SITE:
+        return [f"{where}: runs at {site_hour:02d}:{int(minute):02d} Asia/Shanghai ({int(hour):02d}:{int(minute):02d} "
+                f"UTC, the operator's time zone), not in the night's {BACKUP_HOURS_SITE.start:02d}-"
+                f"{BACKUP_HOURS_SITE.stop:02d}"]
+    return []
+
+
+def _credential_problems(objs, where, credentials) -> list[str]:
+    """Credentials are references to Secret keys (or a flag to use the pod's cloud identity),
+    never values; and the Secret is the site's, not in the repository."""
+    problems, secrets = [], set()
+    for field, value in credentials.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, dict) and set(value) == {"name", "key"}:
+            secrets.add(value["name"])
+        else:
+            problems.append(f"{where}: credentials inline ({field}); reference a Secret key")
+    for name in sorted(secrets):
+        secret = named(objs, "Secret", name)
+        if secret is not None and (secret.get("data") or secret.get("stringData")):
+            problems.append(f"{where}: Secret {name} committed with its values")
+    return problems
+
+
+def _object_store_problems(objs, store, pg_labels) -> list[str]:
+    where = f"ObjectStore/{store['metadata']['name']}"
+    spec = store.get("spec", {})
+    conf = spec.get("configuration", {})
+    problems = []
+    # Barman's recovery window (30d, 4w, 6m); without one the store only ever grows.
+    if not re.fullmatch(r"[1-9]\d*[dwm]", spec.get("retentionPolicy", "")):
+        problems.append(f"{where}: no retention policy")
+    for part in ("wal", "data"):
+        if not (conf.get(part) or {}).get("compression"):
+            problems.append(f"{where}: {part} not compressed")
+    if conf.get("serverName"):
+        problems.append(f"{where}: serverName set in the ObjectStore; the plugin wants it in the Cluster's parameters")
+    if not conf.get("destinationPath"):
+        problems.append(f"{where}: no destinationPath")
+    endpoint = urlsplit(conf.get("endpointURL", ""))
+    for key in ("endpointURL", "destinationPath"):
+        if urlsplit(conf.get(key, "")).username or urlsplit(conf.get(key, "")).password:
+            problems.append(f"{where}: credentials inline in {key}")
+    # WAL and base backups carry patients' data.
+    if endpoint.scheme != "https" or not endpoint.hostname:
+        problems.append(f"{where}: endpointURL {conf.get('endpointURL')!r} is not an https URL with a host")
+    providers = [k for k in ("s3Credentials", "azureCredentials", "googleCredentials") if k in conf]
+    if not providers:
+        problems.append(f"{where}: no credentials")
+    for provider in providers:
+        problems += _credential_problems(objs, where, conf[provider] or {})
+    # The sidecar in each PostgreSQL pod uploads. A rule without `to` does not count: the
+    # base opens 443 that way for the API server, to be narrowed to its address (README).
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    egress = [r for p in _policies_for(objs, pg_labels, "Egress") for r in p["spec"].get("egress", [])]
+    if not any(r.get("to") for r in _opens(egress, port, [])):
+        problems.append(f"{where}: no egress rule lets the PostgreSQL pods reach the object store on port {port}")
+    return problems
+
+
+def backup_problems(objs, overlay) -> list[str]:
+    """Prod archives every WAL segment (point-in-time recovery) and takes a daily base backup
+    into an object store through the Barman Cloud plugin."""
+    if overlay != "prod":
+        return []
+    clusters = [o for o in objs if o["apiVersion"] == "postgresql.cnpg.io/v1" and o["kind"] == "Cluster"]
+    if len(clusters) != 1:
+        return [f"{len(clusters)} CloudNativePG Clusters"]
+    spec = clusters[0]["spec"]
+    name = clusters[0]["metadata"]["name"]
+    problems = []
+    if "barmanObjectStore" in (spec.get("backup") or {}):
+        problems.append("PostgreSQL: in-tree barmanObjectStore backup, deprecated for the plugin")
+    archivers = [p for p in spec.get("plugins", []) if p.get("name") == BARMAN_CLOUD_PLUGIN
+                 and p.get("isWALArchiver") is True and p.get("enabled", True)]
+    if not archivers:
+        problems.append("PostgreSQL: WAL not archived through the Barman Cloud plugin (no point-in-time recovery)")
+    else:
+        store_name = archivers[0].get("parameters", {}).get("barmanObjectName")
+        store = named(objs, "ObjectStore", store_name)
+        if store is None or store["apiVersion"] != "barmancloud.cnpg.io/v1":
+            problems.append(f"PostgreSQL: archives to ObjectStore {store_name}, which is not in the overlay")
+        else:
+            problems += _object_store_problems(objs, store, {"cnpg.io/cluster": name})
+    schedules = [s for s in of_kind(objs, "ScheduledBackup") if s["spec"].get("cluster", {}).get("name") == name]
+    if not schedules:
+        problems.append(f"PostgreSQL: no ScheduledBackup of Cluster {name}")
+    for s in schedules:
+        where = f"ScheduledBackup/{s['metadata']['name']}"
+        if s["spec"].get("method") != "plugin" or \
+                s["spec"].get("pluginConfiguration", {}).get("name") != BARMAN_CLOUD_PLUGIN:
+            problems.append(f"{where}: not method plugin with {BARMAN_CLOUD_PLUGIN}")
+        if s["spec"].get("suspend"):
+            problems.append(f"{where}: suspended")
+        problems += _schedule_problems(where, s["spec"].get("schedule", ""))
+    return problems
+
+
+def _scraped_by(monitors, namespace, labels, container_ports, port) -> list[str]:
+    """The PodMonitors whose selector and namespaces take these pods, with an endpoint on
+    this port (by name, as they are written here, or by number)."""
+    names = []
+    for m in monitors:
+        spec = m["spec"]
+        chosen = spec.get("namespaceSelector") or {}
+        in_namespace = chosen.get("any") is True or namespace in chosen.get("matchNames", []) or \
+            (not chosen.get("matchNames") and namespace == m["metadata"].get("namespace"))
+        if not in_namespace or not selects(spec.get("selector", {}), labels):
+            continue
+        for endpoint in spec.get("podMetricsEndpoints", []):
+            target = endpoint.get("port") or endpoint.get("portNumber") or endpoint.get("targetPort")
+            if port_value(target, container_ports) == port:
+                names.append(m["metadata"]["name"])
+    return names
+
+
+def _prometheus_admitted(objs, labels, port, container_ports) -> bool:
+    """Some ingress rule of the pods' policies lets Prometheus's pods reach this port."""
+    def is_prometheus(peer):
+        return "namespaceSelector" in peer and selects(peer["namespaceSelector"], PROMETHEUS_NAMESPACE_LABELS) \
+            and selects(peer.get("podSelector", {}), PROMETHEUS_POD_LABELS)
+    ingress = [r for p in _policies_for(objs, labels, "Ingress") for r in p["spec"].get("ingress", [])]
+    return any(not r.get("from") or any(map(is_prometheus, r["from"])) for r in _opens(ingress, port, container_ports))
+
+
+def monitoring_problems(objs, overlay) -> list[str]:
+    """The metrics the README's "What to watch" lists are scraped: each service's `metrics`
+    port and PostgreSQL's exporter, each by a PodMonitor that selects its pods, on a port
+    the network policies open to Prometheus."""
+    if overlay not in MONITORED_OVERLAYS:
+        return []
+    monitors = [m for m in of_kind(objs, "PodMonitor") if m["apiVersion"] == "monitoring.coreos.com/v1"]
+    problems = []
+    for d in service_deployments(objs):
+        cports = [p for c in pod_spec(d)["containers"] for p in c.get("ports", [])]
+        metrics = port_value("metrics", cports)
+        labels = d["spec"]["template"]["metadata"]["labels"]
+        if not _scraped_by(monitors, d["metadata"].get("namespace"), labels, cports, metrics):
+            problems.append(f"Deployment/{d['metadata']['name']}: metrics port {metrics} scraped by no PodMonitor")
+        if not _prometheus_admitted(objs, labels, metrics, cports):
+            problems.append(f"Deployment/{d['metadata']['name']}: network policies keep Prometheus from port {metrics}")
+    for cluster in (o for o in objs if o["apiVersion"] == "postgresql.cnpg.io/v1" and o["kind"] == "Cluster"):
+        if cluster["spec"].get("monitoring", {}).get("enablePodMonitor"):
+            problems.append("PostgreSQL: enablePodMonitor is deprecated; it would also scrape each instance twice")
+        # The operator's instance pods: not in the manifests, labelled and named as it documents.
+        labels = {"cnpg.io/cluster": cluster["metadata"]["name"], "cnpg.io/podRole": "instance"}
+        cports = [{"name": "metrics", "containerPort": 9187}]
+        if not _scraped_by(monitors, cluster["metadata"].get("namespace"), labels, cports, 9187):
+            problems.append("PostgreSQL: metrics port 9187 scraped by no PodMonitor")
+        if not _prometheus_admitted(objs, labels, 9187, cports):
+            problems.append("PostgreSQL: network policies keep Prometheus from port 9187")
+    # NATS's monitoring port answers JSON: Prometheus would fail every scrape of it.
+    sts = named(objs, "StatefulSet", "nats")
+    if sts:
+        cports = [p for c in pod_spec(sts)["containers"] for p in c.get("ports", [])]
+        labels = sts["spec"]["template"]["metadata"]["labels"]
+        for name in _scraped_by(monitors, sts["metadata"].get("namespace"), labels, cports, 8222):
+            problems.append(f"PodMonitor/{name}: scrapes NATS's 8222, which serves JSON, not Prometheus metrics "
+                            "(that needs prometheus-nats-exporter)")
+    return problems
+
+
 def dockerfile_problems(text: str) -> list[str]:
     problems = []
     # One entry per instruction: continuation lines joined.
@@ -761,6 +956,8 @@ ALL_CHECKS = {
     "migration": lambda objs, overlay: migration_problems(objs),
     "connections": lambda objs, overlay: connection_problems(objs),
     "urls": lambda objs, overlay: url_problems(objs),
+    "backup": backup_problems,
+    "monitoring": monitoring_problems,
 }
 
 
@@ -1079,6 +1276,148 @@ def _pdb_blocks_drains(objs):
     spec["minAvailable"] = "100%"
 
 
+# Backups (prod) and PodMonitors.
+
+
+def _cluster(objs):
+    return next(o for o in objs if o["kind"] == "Cluster")
+
+
+def _object_store(objs):
+    return named(objs, "ObjectStore", "consortium-pg-backup")["spec"]
+
+
+def _scheduled_backup(objs):
+    return named(objs, "ScheduledBackup", "consortium-pg-daily")["spec"]
+
+
+def _no_wal_archiver(objs):
+    del _cluster(objs)["spec"]["plugins"]
+
+
+def _archiver_flag_off(objs):
+    _cluster(objs)["spec"]["plugins"][0]["isWALArchiver"] = False
+
+
+def _archives_to_missing_store(objs):
+    objs[:] = [o for o in objs if o["kind"] != "ObjectStore"]
+
+
+def _no_scheduled_backup(objs):
+    objs[:] = [o for o in objs if o["kind"] != "ScheduledBackup"]
+
+
+def _backup_of_another_cluster(objs):
+    _scheduled_backup(objs)["cluster"]["name"] = "other-pg"
+
+
+def _in_tree_backup_method(objs):
+    _scheduled_backup(objs)["method"] = "barmanObjectStore"
+
+
+def _crontab_schedule(objs):
+    _scheduled_backup(objs)["schedule"] = "0 2 * * *"
+
+
+def _backup_at_shanghai_morning(objs):
+    # 02:00 read as UTC: 10:00 in the hospitals, their busiest hour.
+    _scheduled_backup(objs)["schedule"] = "0 0 2 * * *"
+
+
+def _weekly_backup(objs):
+    _scheduled_backup(objs)["schedule"] = "0 0 18 * * 0"
+
+
+def _backup_schedule_with_time_zone(objs):
+    _scheduled_backup(objs)["schedule"] = "TZ=Asia/Shanghai 0 0 2 * * *"
+
+
+def _suspended_backups(objs):
+    _scheduled_backup(objs)["suspend"] = True
+
+
+def _in_tree_archiving_too(objs):
+    _cluster(objs)["spec"]["backup"] = {"barmanObjectStore": {"destinationPath": "s3://b/"}}
+
+
+def _server_name_in_object_store(objs):
+    _object_store(objs)["configuration"]["serverName"] = "consortium-pg"
+
+
+def _no_retention(objs):
+    del _object_store(objs)["retentionPolicy"]
+
+
+def _uncompressed_wal(objs):
+    del _object_store(objs)["configuration"]["wal"]["compression"]
+
+
+def _inline_access_key(objs):
+    _object_store(objs)["configuration"]["s3Credentials"]["accessKeyId"] = "LTAI5tExampleKeyId"
+
+
+def _access_key_in_endpoint(objs):
+    _object_store(objs)["configuration"]["endpointURL"] = "https://LTAI5t:hunter2@object-store.hospital.example"
+
+
+def _backup_secret_committed(objs):
+    objs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "consortium-pg-backup-s3"},
+                 "stringData": {"ACCESS_KEY_ID": "LTAI5t", "ACCESS_SECRET_KEY": "hunter2"}})
+
+
+def _plain_http_store(objs):
+    _object_store(objs)["configuration"]["endpointURL"] = "http://object-store.hospital.example"
+
+
+def _no_object_store_egress(objs):
+    objs[:] = [o for o in objs if o["metadata"]["name"] != "postgres-object-store-egress"]
+
+
+def _store_on_another_port(objs):
+    _object_store(objs)["configuration"]["endpointURL"] = "https://object-store.hospital.example:9000"
+
+
+def _backup_secret_renamed(objs):
+    for ref in _object_store(objs)["configuration"]["s3Credentials"].values():
+        ref["name"] = "pg-backup-keys"
+
+
+def _pod_monitor(objs, name):
+    return named(objs, "PodMonitor", name)["spec"]
+
+
+def _services_unmonitored(objs):
+    _pod_monitor(objs, "grpc-services")["selector"]["matchLabels"] = {"app.kubernetes.io/component": "grpc"}
+
+
+def _grpc_port_scraped(objs):
+    _pod_monitor(objs, "grpc-services")["podMetricsEndpoints"][0]["port"] = "grpc"
+
+
+def _monitor_in_other_namespace(objs):
+    _pod_monitor(objs, "grpc-services")["namespaceSelector"] = {"matchNames": ["monitoring"]}
+
+
+def _postgres_unmonitored(objs):
+    objs[:] = [o for o in objs if not (o["kind"] == "PodMonitor" and o["metadata"]["name"] == "postgres")]
+
+
+def _operator_pod_monitor(objs):
+    _cluster(objs)["spec"]["monitoring"] = {"enablePodMonitor": True}
+
+
+def _postgres_metrics_closed(objs):
+    rules = _policy_rules(objs, "postgres", "ingress")
+    rules[:] = [r for r in rules if {"protocol": "TCP", "port": 9187} not in r["ports"]]
+
+
+def _nats_json_scraped(objs):
+    objs.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+                 "metadata": {"name": "nats", "namespace": "referral-system"},
+                 "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "nats"}},
+                          "podMetricsEndpoints": [{"port": "monitor"}]}})
+
+
 @pytest.mark.parametrize("mutate, check, expected", [
     (_drop_readiness, "services", "readinessProbe is not a gRPC probe"),
     (_http_liveness, "services", "livenessProbe is not a gRPC probe"),
@@ -1123,6 +1462,35 @@ def _pdb_blocks_drains(objs):
     (_baseline_namespace, "namespace", "Pod Security 'restricted' not enforced"),
     (_stable_tag, "hardening", "not pinned by tag"),
     (_pdb_blocks_drains, "availability", "never allows an eviction"),
+    (_no_wal_archiver, "backup", "WAL not archived through the Barman Cloud plugin"),
+    (_archiver_flag_off, "backup", "WAL not archived through the Barman Cloud plugin"),
+    (_archives_to_missing_store, "backup", "ObjectStore consortium-pg-backup, which is not in the overlay"),
+    (_no_scheduled_backup, "backup", "no ScheduledBackup of Cluster consortium-pg"),
+    (_backup_of_another_cluster, "backup", "no ScheduledBackup of Cluster consortium-pg"),
+    (_in_tree_backup_method, "backup", "not method plugin"),
+    (_crontab_schedule, "backup", "has 5 fields; CloudNativePG's has 6, seconds first"),
+    (_backup_at_shanghai_morning, "backup", "runs at 10:00 Asia/Shanghai"),
+    (_weekly_backup, "backup", "is not once a day"),
+    (_backup_schedule_with_time_zone, "backup", "names a time zone"),
+    (_suspended_backups, "backup", "ScheduledBackup/consortium-pg-daily: suspended"),
+    (_in_tree_archiving_too, "backup", "in-tree barmanObjectStore backup"),
+    (_server_name_in_object_store, "backup", "serverName set in the ObjectStore"),
+    (_no_retention, "backup", "no retention policy"),
+    (_uncompressed_wal, "backup", "wal not compressed"),
+    (_inline_access_key, "backup", "credentials inline (accessKeyId)"),
+    (_access_key_in_endpoint, "backup", "credentials inline in endpointURL"),
+    (_backup_secret_committed, "backup", "Secret consortium-pg-backup-s3 committed"),
+    (_plain_http_store, "backup", "is not an https URL"),
+    (_no_object_store_egress, "backup", "reach the object store on port 443"),
+    (_store_on_another_port, "backup", "reach the object store on port 9000"),
+    (_backup_secret_renamed, "secrets", "Secret pg-backup-keys not documented in README"),
+    (_services_unmonitored, "monitoring", "Deployment/scheduling: metrics port 9092 scraped by no PodMonitor"),
+    (_grpc_port_scraped, "monitoring", "Deployment/referral: metrics port 9091 scraped by no PodMonitor"),
+    (_monitor_in_other_namespace, "monitoring", "Deployment/notify: metrics port 9093 scraped by no PodMonitor"),
+    (_postgres_unmonitored, "monitoring", "PostgreSQL: metrics port 9187 scraped by no PodMonitor"),
+    (_operator_pod_monitor, "monitoring", "enablePodMonitor is deprecated"),
+    (_nats_json_scraped, "monitoring", "PodMonitor/nats: scrapes NATS's 8222"),
+    (_postgres_metrics_closed, "monitoring", "PostgreSQL: network policies keep Prometheus from port 9187"),
 ], ids=lambda v: getattr(v, "__name__", None))
 def test_checker_flags_a_lost_property(mutate, check, expected):
     objs = rendered("prod")
@@ -1135,6 +1503,13 @@ def test_schema_check_flags_an_invalid_object():
     objs = rendered("dev")
     pod_spec(_deployment(objs))["containers"][0]["ports"][0]["containerPort"] = "grpc"
     assert schema_problems(objs)
+
+
+def test_schema_check_skips_only_the_known_custom_resources():
+    """A misspelt apiVersion has no schema either; it must not pass as a custom resource."""
+    objs = rendered("prod")
+    named(objs, "PodMonitor", "postgres")["apiVersion"] = "monitoring.coreos.com/v1beta1"
+    assert schema_problems(objs) == ["PodMonitor/postgres: no schema for monitoring.coreos.com/v1beta1"]
 
 
 @pytest.mark.parametrize("edit, expected", [
