@@ -28,6 +28,11 @@ POINTER = "…见须知"
 INSTRUCTIONS = "instructions"
 # Words that are never a time, place or instruction: a template text that carries one is refused.
 _FORBIDDEN = ("诊断", "病情", "癌", "肿瘤", "阳性", "阴性", "{reason}", "{diagnosis}")
+# A department whose name says what the patient may have (cancer, a mental illness, HIV or
+# another infection, infertility, addiction) would tell it to whoever reads the phone: such
+# a department is "专科" in patient texts, and the place (building, floor, room) says where.
+_TELLING_DEPARTMENT = ("癌", "肿瘤", "精神", "心理", "性病", "艾滋", "传染", "感染", "戒毒", "生殖", "不孕")
+ANY_DEPARTMENT = "专科"
 
 
 class TemplateError(ValueError):
@@ -110,7 +115,12 @@ class Catalogue:
                 raise TemplateError(f"template {key} is malformed: {exc}") from None
             _check(tpl)
             templates[key] = tpl
-        return cls(templates, dict(raw.get("departments", {})), dict(raw.get("modalities", {})))
+        departments = {str(k): str(v) for k, v in raw.get("departments", {}).items()}
+        telling = sorted(f"{k} = {v!r}" for k, v in departments.items() if _tells_condition(v))
+        if telling:
+            raise TemplateError(f"departments {', '.join(telling)}: a name patients read may not hint at a "
+                                f"condition (leave it out: it reads {ANY_DEPARTMENT!r})")
+        return cls(templates, departments, dict(raw.get("modalities", {})))
 
     @classmethod
     def load(cls, path: Path | None = None) -> "Catalogue":
@@ -130,10 +140,17 @@ class Catalogue:
             raise TemplateError(f"no template {key!r}") from None
 
     def department(self, code: str) -> str:
-        return self.departments.get(code, code if _has_cjk(code) else "专科")
+        """As patients read it: the catalogue's name, else the code if it is already Chinese
+        (a referral may carry the name itself), never one that hints at a condition."""
+        name = self.departments.get(code, code if _has_cjk(code) else ANY_DEPARTMENT)
+        return ANY_DEPARTMENT if _tells_condition(name) else name
 
     def modality(self, code: str) -> str:
         return self.modalities.get(code, code or "检查")
+
+
+def _tells_condition(department: str) -> bool:
+    return any(word in department for word in _TELLING_DEPARTMENT)
 
 
 def _has_cjk(text: str) -> bool:

@@ -12,7 +12,7 @@ from services.notify.domain.messages import Planner, ReminderRules
 from services.notify.domain.model import (
     SHANGHAI, Appointment, Channel, Contact, Place, Route, SkipReason, delivery_rate)
 from services.notify.domain.policy import Caps, QuietHours, RetryPolicy, cap_deferral, choose_channels
-from services.notify.domain.templates import Catalogue, TemplateError, fit, render
+from services.notify.domain.templates import DEFAULT_FILE, Catalogue, TemplateError, fit, render
 
 CAT = Catalogue.load()
 ROUTE = Route("R1", "P1", "H1", "C1", department="cardiology")
@@ -117,6 +117,32 @@ def test_templates_refuse_a_diagnosis_and_missing_values():
                             'wechat={template_id="t", data={thing1="{dept}"}}\n')
     with pytest.raises(TemplateError):
         render(CAT.get("referral_accepted"), {"referral_id": "R1"})
+
+
+@pytest.mark.parametrize("department", ["oncology", "肿瘤科", "胸部肿瘤内科", "精神卫生科", "感染性疾病科", "生殖医学中心"])
+def test_a_department_that_hints_at_a_condition_is_named_by_its_place_only(department):
+    planner = Planner(CAT)
+    route = replace(ROUTE, department=department)
+    appt = replace(_appointment(), department=department, place=Place("白城市中心医院", "门诊楼", "5楼", ""))
+    plan = planner.scheduled(route, "B1", [appt], "", sh(2030, 6, 1, 10, 0))
+    accepted = planner.referral_status(route, "ACCEPTED")
+    for values in [m.values for m in plan.messages + accepted.messages]:
+        assert values["dept"] == "专科", values
+    booked = plan.messages[0].values
+    assert (booked["room"], booked["place"]) == ("专科", "门诊楼5楼")
+    rendered = render(CAT.get("appointment_booked"), booked)
+    assert not any(word in rendered.text for word in ("肿瘤", "精神", "感染", "生殖")), rendered.text
+
+
+def test_a_department_that_tells_nothing_keeps_its_name():
+    assert [CAT.department(d) for d in ("cardiology", "心内科", "儿科", "")] == ["心内科", "心内科", "儿科", "专科"]
+
+
+def test_the_catalogue_refuses_a_department_name_that_hints_at_a_condition():
+    text = (DEFAULT_FILE.read_text(encoding="utf-8")
+            .replace("[departments]\n", '[departments]\noncology = "肿瘤科"\npsychiatry = "精神科"\n'))
+    with pytest.raises(TemplateError, match="oncology = '肿瘤科', psychiatry = '精神科'"):
+        Catalogue.from_toml(text)
 
 
 def test_booking_plans_messages_and_reminders_and_never_the_reason():
